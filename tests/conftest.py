@@ -1,0 +1,34 @@
+"""Test set-up: run Triton kernels under the interpreter when there is no GPU.
+
+TRITON_INTERPRET must be set before any @triton.jit function is defined, i.e. before
+tritonwino.kernels is imported, which is why this happens at conftest import time.
+"""
+
+import os
+import tempfile
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(tempfile.gettempdir(), "tritonwino-test-triton-cache"))
+# Tests must never touch the user's real tuning cache.
+os.environ.setdefault("TRITONWINO_CACHE_DIR", tempfile.mkdtemp(prefix="tritonwino-test-cache-"))
+
+import pytest  # noqa: E402
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def device():
+    return DEVICE

@@ -1,0 +1,116 @@
+"""Argument validation shared by every public entry point: one wording for one mistake."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def pair(v: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    if isinstance(v, bool):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    if isinstance(v, int):
+        v = (v, v)
+    if not isinstance(v, tuple | list) or len(v) != 2 or not all(
+        isinstance(e, int) and not isinstance(e, bool) for e in v
+    ):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def check_padding(padding: object) -> tuple[int, int]:
+    if isinstance(padding, str):
+        raise ValueError(f"padding={padding!r}: string padding modes are not supported; give ints")
+    ph, pw = pair(padding, "padding")  # type: ignore[arg-type]
+    if ph < 0 or pw < 0:
+        raise ValueError(f"padding must be >= 0, got {(ph, pw)}")
+    return ph, pw
+
+
+def check_conv_unsupported(stride: object = 1, dilation: object = 1, groups: int = 1) -> None:
+    if pair(stride, "stride") != (1, 1):  # type: ignore[arg-type]
+        raise ValueError(f"stride={stride!r} is not supported: Winograd convolution needs stride 1")
+    if pair(dilation, "dilation") != (1, 1):  # type: ignore[arg-type]
+        raise ValueError(f"dilation={dilation!r} is not supported: Winograd convolution needs dilation 1")
+    if groups != 1:
+        raise ValueError(f"groups={groups!r} is not supported: only groups=1 is implemented")
+
+
+def check_input(x: torch.Tensor, channels: int | None = None, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} has dtype {x.dtype}; Winograd convolution needs a floating dtype "
+            "(float32, float16, bfloat16 or float64)"
+        )
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(
+            f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}) but the weight expects {channels}"
+        )
+
+
+def check_weight(weight: torch.Tensor) -> tuple[int, int, int]:
+    """Validate a spatial (K, C, r, r) weight; return (K, C, r)."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be 4-D (K, C, r, r), got shape {tuple(weight.shape)}")
+    if weight.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"weight has dtype {weight.dtype}; a floating dtype is required")
+    k, c, kh, kw = weight.shape
+    if kh != kw:
+        raise ValueError(f"kernel size {kh}x{kw} is not supported: Winograd here needs a square kernel")
+    if kh % 2 == 0:
+        raise ValueError(f"kernel size {kh}x{kw} is not supported: only odd kernel sizes are implemented")
+    return k, c, kh
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
+    devs = {name: t.device for name, t in tensors.items() if t is not None}
+    first = next(iter(devs.values()))
+    if any(d != first for d in devs.values()):
+        desc = ", ".join(f"{n} on {d}" for n, d in devs.items())
+        raise ValueError(f"all tensors must be on the same device: {desc}")
+    return first
+
+
+def check_bias(bias: torch.Tensor | None, k: int) -> None:
+    if bias is None:
+        return
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    if bias.shape != (k,):
+        raise ValueError(f"bias must have shape ({k},), got {tuple(bias.shape)}")
+    if bias.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"bias has dtype {bias.dtype}; a floating dtype is required")
+
+
+def output_size(h: int, w: int, r: int, padding: tuple[int, int]) -> tuple[int, int]:
+    ho, wo = h + 2 * padding[0] - r + 1, w + 2 * padding[1] - r + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"input {h}x{w} with padding {padding} is smaller than the {r}x{r} kernel: "
+            f"the output would be {ho}x{wo}"
+        )
+    return ho, wo
+
+
+def operand_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the Winograd-domain GEMM operands: half types stay half, everything else fp32 or fp64.
+
+    The transforms and the accumulation always run in fp32 (fp64 for fp64 inputs); only the
+    stored V and Q are rounded to the input's half type, as a tensor-core kernel must.
+    """
+    if dtype in (torch.float16, torch.bfloat16):
+        return dtype
+    if dtype == torch.float64:
+        return torch.float64
+    return torch.float32
+
+
+def accum_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -1,0 +1,184 @@
+"""Pure-torch Winograd convolution: the Triton kernels' reference twin and the CPU execution path.
+
+The three stages are written with torch ops that need no n×n-per-tile unfold tensor:
+
+* input transform — a depthwise ``conv2d`` with stride m whose P = n² filters are the rows of
+  ``kron(Bᵀ, Bᵀ)``: padding, tiling and ``Bᵀ X B`` in one call;
+* Winograd-domain multiply — one batched matmul over the P positions;
+* output transform — a grouped ``conv_transpose2d`` with kernel = stride = m whose filters are
+  ``kron(Aᵀ, Aᵀ)``: ``Aᵀ M A`` and the tile scatter in one call.
+
+Everything is differentiable, so this path also trains (pruning step 2 uses it).
+
+Numerics mirror the Triton kernels: transforms and accumulation in fp32 (fp64 for fp64 inputs);
+for fp16/bf16 inputs the GEMM operands V and Q are rounded to that dtype, exactly what the
+tensor-core kernel consumes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import _checks
+from .transforms import normalize_points, tile_size, winograd_matrices
+
+__all__ = [
+    "winograd_weight",
+    "winograd_conv2d",
+    "winograd_conv2d_q",
+    "input_transform",
+    "winograd_gemm",
+    "output_transform",
+    "tile_grid",
+]
+
+
+@functools.lru_cache(maxsize=64)
+def _matrices(m: int, r: int, pts: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return winograd_matrices(m, r, pts)
+
+
+def matrices(m: int, r: int, points: Sequence[object] | None = None):
+    """Cached float64 ``(AT, G, BT)`` (CPU); do not modify the returned tensors."""
+    return _matrices(m, r, normalize_points(m, r, points))
+
+
+def winograd_weight(
+    weight: torch.Tensor, m: int, points: Sequence[object] | None = None
+) -> torch.Tensor:
+    """Winograd-domain weight ``Q = G W Gᵀ`` (K, C, n, n), computed in float64.
+
+    Differentiable with respect to ``weight``; the result is float64 on ``weight``'s device.
+    """
+    _checks.check_weight(weight)
+    r = weight.shape[-1]
+    _, g, _ = matrices(m, r, points)
+    g = g.to(weight.device)
+    return torch.einsum("ia,kcab,jb->kcij", g, weight.to(torch.float64), g)
+
+
+def tile_grid(ho: int, wo: int, m: int) -> tuple[int, int]:
+    """Number of m×m output tiles along H and W."""
+    return -(-ho // m), -(-wo // m)
+
+
+@functools.lru_cache(maxsize=64)
+def _kron_filters(m: int, r: int, pts: tuple, dtype: torch.dtype, device: torch.device):
+    at, _, bt = _matrices(m, r, pts)
+    n = tile_size(m, r)
+    # bfilt[(i,j), 0, a, b] = BT[i,a] * BT[j,b]   (conv2d is a correlation)
+    bfilt = torch.einsum("ia,jb->ijab", bt, bt).reshape(n * n, 1, n, n)
+    # afilt[(i,j), 0, p, q] = AT[p,i] * AT[q,j]
+    afilt = torch.einsum("pi,qj->ijpq", at, at).reshape(n * n, 1, m, m)
+    return bfilt.to(device=device, dtype=dtype), afilt.to(device=device, dtype=dtype)
+
+
+def input_transform(
+    x: torch.Tensor, m: int, r: int, padding: tuple[int, int], points=None
+) -> torch.Tensor:
+    """``V = Bᵀ X B`` for every tile: returns (P, C, T) in the accumulation dtype, T = N·th·tw."""
+    pts = normalize_points(m, r, points)
+    n = tile_size(m, r)
+    nb, c, h, w = x.shape
+    ho, wo = _checks.output_size(h, w, r, padding)
+    th, tw = tile_grid(ho, wo, m)
+    acc = _checks.accum_dtype(x.dtype)
+    bfilt, _ = _kron_filters(m, r, pts, acc, x.device)
+    ph, pw = padding
+    extra_h = th * m + r - 1 - (h + 2 * ph)
+    extra_w = tw * m + r - 1 - (w + 2 * pw)
+    xp = F.pad(x.to(acc), (pw, pw + extra_w, ph, ph + extra_h))
+    v = F.conv2d(xp.reshape(nb * c, 1, xp.shape[2], xp.shape[3]), bfilt, stride=m)  # (N*C, P, th, tw)
+    v = v.reshape(nb, c, n * n, th * tw).permute(2, 1, 0, 3)
+    return v.reshape(n * n, c, nb * th * tw)
+
+
+def winograd_gemm(v: torch.Tensor, q_pck: torch.Tensor) -> torch.Tensor:
+    """``M_p = Q_p V_p`` for every position: v (P, C, T), q_pck (P, K, C) -> (P, K, T)."""
+    return torch.matmul(q_pck, v)
+
+
+def output_transform(
+    mm: torch.Tensor,
+    nb: int,
+    ho: int,
+    wo: int,
+    m: int,
+    r: int,
+    points=None,
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``Y = Aᵀ M A`` per tile (+ bias, ReLU): mm (P, K, T) -> (N, K, ho, wo) in mm's dtype."""
+    pts = normalize_points(m, r, points)
+    p, k, _ = mm.shape
+    th, tw = tile_grid(ho, wo, m)
+    _, afilt = _kron_filters(m, r, pts, mm.dtype, mm.device)
+    z = mm.reshape(p, k, nb, th, tw).permute(2, 1, 0, 3, 4).reshape(nb, k * p, th, tw)
+    y = F.conv_transpose2d(z, afilt.repeat(k, 1, 1, 1), stride=m, groups=k)
+    y = y[:, :, :ho, :wo]
+    if bias is not None:
+        y = y + bias.to(y.dtype).view(1, k, 1, 1)
+    if relu:
+        y = torch.relu(y)
+    return y
+
+
+def _finish(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    y = y.to(x.dtype)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        y = y.contiguous(memory_format=torch.channels_last)
+    return y
+
+
+def winograd_conv2d_q(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    padding: int | tuple[int, int] = 0,
+    m: int = 4,
+    r: int = 3,
+    points=None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """Winograd convolution from a Winograd-domain weight ``q`` (K, C, n, n).
+
+    ``q`` must have been built with the same (m, r, points). Differentiable in x, q and bias.
+    """
+    pad = _checks.check_padding(padding)
+    n = tile_size(m, r)
+    if q.dim() != 4 or q.shape[2] != n or q.shape[3] != n:
+        raise ValueError(f"q must have shape (K, C, {n}, {n}) for F({m},{r}), got {tuple(q.shape)}")
+    k, c = q.shape[:2]
+    _checks.check_input(x, c)
+    _checks.check_bias(bias, k)
+    _checks.check_same_device(x=x, q=q, bias=bias)
+    nb, _, h, w = x.shape
+    ho, wo = _checks.output_size(h, w, r, pad)
+    acc = _checks.accum_dtype(x.dtype)
+    opd = _checks.operand_dtype(x.dtype)
+    v = input_transform(x, m, r, pad, points).to(opd)
+    q_pck = q.permute(2, 3, 0, 1).reshape(n * n, k, c).to(opd)
+    # fp32 accumulation for half operands: upcast exact values, then one fp32 matmul.
+    mm = winograd_gemm(v.to(acc), q_pck.to(acc))
+    y = output_transform(mm, nb, ho, wo, m, r, points, bias, relu)
+    return _finish(y, x)
+
+
+def winograd_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    padding: int | tuple[int, int] = 0,
+    m: int = 4,
+    points=None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """Dense Winograd conv2d (stride 1, dilation 1, groups 1), pure torch, differentiable."""
+    _, _, r = _checks.check_weight(weight)
+    q = winograd_weight(weight, m, points)
+    return winograd_conv2d_q(x, q.to(_checks.accum_dtype(x.dtype)), bias, padding, m, r, points, relu)

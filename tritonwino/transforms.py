@@ -1,0 +1,214 @@
+"""Exact Winograd transform matrices by the Cook–Toom / Lagrange construction.
+
+The construction follows wincnn (Lavin): n − 1 finite interpolation points plus the point at
+infinity, the "fractions in G" normalisation, all in exact rational arithmetic so that the float64
+matrices handed out are the correctly rounded exact values.
+
+``Y = Aᵀ[(G W Gᵀ) ⊙ (Bᵀ X B)]A`` for an n×n input tile X, r×r kernel W and m×m output tile Y,
+with n = m + r − 1.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from fractions import Fraction
+
+import torch
+
+__all__ = [
+    "STANDARD_POINTS",
+    "ACCURATE_POINTS",
+    "default_points",
+    "normalize_points",
+    "winograd_matrices",
+    "winograd_matrices_exact",
+    "tile_size",
+]
+
+Point = Fraction
+Matrix = list[list[Fraction]]
+
+# The interpolation points the literature (wincnn, Lavin & Gray, cuDNN-era code, the
+# spatial-Winograd paper) uses; the published matrices in the reference notes are built from them.
+# Keyed by n = m + r − 1; each tuple has n − 1 finite points (infinity is implied).
+STANDARD_POINTS: dict[int, tuple[Fraction, ...]] = {
+    2: (Fraction(0),),
+    3: (Fraction(0), Fraction(1)),
+    4: (Fraction(0), Fraction(1), Fraction(-1)),
+    5: (Fraction(0), Fraction(1), Fraction(-1), Fraction(2)),
+    6: (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2)),
+    7: (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2)),
+    8: (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2), Fraction(-1, 2)),
+}
+
+# Better-conditioned point sets from Barabasz et al. (first author's repository, matrix_input/);
+# offered as options and compared in bench/accuracy.py. Keyed by n.
+ACCURATE_POINTS: dict[int, tuple[Fraction, ...]] = {
+    6: (Fraction(0), Fraction(-1, 2), Fraction(-1), Fraction(1), Fraction(2)),
+    8: (Fraction(0), Fraction(1, 2), Fraction(-1, 2), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2)),
+}
+
+
+def _point_sequence() -> Iterable[Fraction]:
+    # 0, 1, -1, 2, -2, 1/2, -1/2, 3, -3, 1/3, -1/3, ... : the usual small-magnitude order.
+    yield Fraction(0)
+    k = 1
+    while True:
+        yield Fraction(k)
+        yield Fraction(-k)
+        if k > 1:
+            yield Fraction(1, k)
+            yield Fraction(-1, k)
+        k += 1
+
+
+def tile_size(m: int, r: int) -> int:
+    """Input tile size n = m + r − 1 of F(m, r)."""
+    return m + r - 1
+
+
+def default_points(n: int) -> tuple[Fraction, ...]:
+    """The library's default n − 1 finite points for an n×n input tile (see ``STANDARD_POINTS``)."""
+    if n < 1:
+        raise ValueError(f"tile size n must be >= 1, got {n}")
+    if n in STANDARD_POINTS:
+        return STANDARD_POINTS[n]
+    seq = _point_sequence()
+    return tuple(next(seq) for _ in range(n - 1))
+
+
+def _to_fraction(p: object) -> Fraction:
+    if isinstance(p, bool):
+        raise ValueError(f"interpolation point {p!r} is a bool, not a number")
+    if isinstance(p, Fraction):
+        return p
+    if isinstance(p, int):
+        return Fraction(p)
+    if isinstance(p, float):
+        if p != p or p in (float("inf"), float("-inf")):
+            raise ValueError(f"interpolation points must be finite (infinity is implied), got {p!r}")
+        return Fraction(p)  # exact binary value of the float
+    if isinstance(p, str):
+        try:
+            return Fraction(p)
+        except ValueError as e:
+            raise ValueError(f"cannot parse interpolation point {p!r} as a rational number") from e
+    raise ValueError(f"interpolation point {p!r} has unsupported type {type(p).__name__}")
+
+
+def normalize_points(m: int, r: int, points: Sequence[object] | None = None) -> tuple[Fraction, ...]:
+    """Validate (m, r, points) and return the finite points as a tuple of Fractions."""
+    for name, v in (("m", m), ("r", r)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name} must be an int, got {v!r}")
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    n = tile_size(m, r)
+    if points is None:
+        return default_points(n)
+    pts = tuple(_to_fraction(p) for p in points)
+    if len(pts) != n - 1:
+        raise ValueError(
+            f"F({m},{r}) needs n - 1 = {n - 1} finite interpolation points (infinity is implied), "
+            f"got {len(pts)}"
+        )
+    if len(set(pts)) != len(pts):
+        dup = sorted({str(p) for p in pts if pts.count(p) > 1})
+        raise ValueError(f"interpolation points must be distinct; repeated: {', '.join(dup)}")
+    return pts
+
+
+def _poly_from_roots(roots: Sequence[Fraction]) -> list[Fraction]:
+    """Coefficients (ascending powers) of prod (x − root)."""
+    coeffs = [Fraction(1)]
+    for a in roots:
+        nxt = [Fraction(0)] * (len(coeffs) + 1)
+        for j, c in enumerate(coeffs):
+            nxt[j + 1] += c
+            nxt[j] -= a * c
+        coeffs = nxt
+    return coeffs
+
+
+def _vandermonde_inf(a: Sequence[Fraction], rows: int, cols: int) -> Matrix:
+    """wincnn's A(a, rows, cols): a[i]**j for the finite points, then the infinity row."""
+    out = [[a[i] ** j for j in range(cols)] for i in range(rows - 1)]
+    out.append([Fraction(int(j == cols - 1)) for j in range(cols)])
+    return out
+
+
+def _matmul(x: Matrix, y: Matrix) -> Matrix:
+    return [[sum((x[i][k] * y[k][j] for k in range(len(y))), Fraction(0)) for j in range(len(y[0]))]
+            for i in range(len(x))]
+
+
+def _transpose(x: Matrix) -> Matrix:
+    return [list(col) for col in zip(*x, strict=True)]
+
+
+@functools.lru_cache(maxsize=None)
+def _exact(m: int, r: int, pts: tuple[Fraction, ...]) -> tuple[Matrix, Matrix, Matrix]:
+    n = tile_size(m, r)
+    a = list(pts)
+    # f_i = prod_{k != i} (a_i - a_k) over the finite points, with 1 for the infinity point.
+    f = []
+    for i in range(n - 1):
+        prod = Fraction(1)
+        for k in range(n - 1):
+            if k != i:
+                prod *= a[i] - a[k]
+        f.append(prod)
+    f.append(Fraction(1))
+    if f[0] < 0:  # wincnn's sign convention: keep the first row of B^T positive
+        f[0] = -f[0]
+
+    # B: Lagrange basis of the finite points, extended by the infinity column (wincnn's Bt/B).
+    npts = n - 1
+    lag = []  # lag[i][j] = coefficient of x^j of L_i(x) = prod_{k!=i}(x - a_k)/prod_{k!=i}(a_i - a_k)
+    for i in range(npts):
+        num = _poly_from_roots([a[k] for k in range(npts) if k != i])
+        den = Fraction(1)
+        for k in range(npts):
+            if k != i:
+                den *= a[i] - a[k]
+        lag.append([c / den for c in num])
+    # Bt_small (npts x n) = L^T-layout * [I | -a^npts]
+    Lmat = [[lag[j][i] for j in range(npts)] for i in range(npts)]  # wincnn's L(a, npts)
+    Tmat = [[Fraction(int(i == j)) for j in range(npts)] + [-(a[i] ** npts)] for i in range(npts)]
+    bt_small = _matmul(Lmat, Tmat)
+    b_full = bt_small + [[Fraction(int(j == n - 1)) for j in range(n)]]  # n x n, wincnn's B(a, n)
+    b_t = _transpose(b_full)
+
+    at = _transpose(_vandermonde_inf(a, n, m))  # m x n
+    a_r = _vandermonde_inf(a, n, r)  # n x r
+    g = [[a_r[i][j] / f[i] for j in range(r)] for i in range(n)]  # (A_r^T f^{-1})^T
+    bt = [[f[i] * b_t[i][j] for j in range(n)] for i in range(n)]
+    return at, g, bt
+
+
+def winograd_matrices_exact(
+    m: int, r: int, points: Sequence[object] | None = None
+) -> tuple[Matrix, Matrix, Matrix]:
+    """``(AT, G, BT)`` as nested lists of ``Fraction`` (exact)."""
+    pts = normalize_points(m, r, points)
+    at, g, bt = _exact(m, r, pts)
+    return [row[:] for row in at], [row[:] for row in g], [row[:] for row in bt]
+
+
+def winograd_matrices(
+    m: int, r: int, points: Sequence[object] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Winograd matrices of F(m×m, r×r) as float64 tensors ``(AT (m×n), G (n×r), BT (n×n))``.
+
+    ``points`` are the n − 1 finite interpolation points (ints, floats, ``Fraction`` or strings
+    such as ``"1/2"``); infinity is always the last point. ``None`` gives the library defaults
+    (``default_points``). Raises ``ValueError`` for m < 1, r < 1, a wrong number of points or
+    repeated points.
+    """
+    at, g, bt = winograd_matrices_exact(m, r, points)
+
+    def t(x: Matrix) -> torch.Tensor:
+        return torch.tensor([[float(v) for v in row] for row in x], dtype=torch.float64)
+
+    return t(at), t(g), t(bt)
