@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks
-from .transforms import normalize_points, tile_size, winograd_matrices
+from .transforms import normalize_points, tile_size, winograd_kron, winograd_matrices
 
 __all__ = [
     "winograd_weight",
@@ -68,12 +68,11 @@ def tile_grid(ho: int, wo: int, m: int) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=64)
 def _kron_filters(m: int, r: int, pts: tuple, dtype: torch.dtype, device: torch.device):
-    at, _, bt = _matrices(m, r, pts)
+    kb, ka = winograd_kron(m, r, pts)
     n = tile_size(m, r)
-    # bfilt[(i,j), 0, a, b] = BT[i,a] * BT[j,b]   (conv2d is a correlation)
-    bfilt = torch.einsum("ia,jb->ijab", bt, bt).reshape(n * n, 1, n, n)
-    # afilt[(i,j), 0, p, q] = AT[p,i] * AT[q,j]
-    afilt = torch.einsum("pi,qj->ijpq", at, at).reshape(n * n, 1, m, m)
+    # conv2d is a correlation: filter (i,j) holds KB[:, (i,j)] laid out over the n×n window.
+    bfilt = kb.t().reshape(n * n, 1, n, n)
+    afilt = ka.reshape(n * n, 1, m, m)
     return bfilt.to(device=device, dtype=dtype), afilt.to(device=device, dtype=dtype)
 
 

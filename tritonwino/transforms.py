@@ -24,6 +24,7 @@ __all__ = [
     "winograd_matrices",
     "winograd_matrices_exact",
     "tile_size",
+    "winograd_kron",
 ]
 
 Point = Fraction
@@ -147,7 +148,7 @@ def _transpose(x: Matrix) -> Matrix:
     return [list(col) for col in zip(*x, strict=True)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _exact(m: int, r: int, pts: tuple[Fraction, ...]) -> tuple[Matrix, Matrix, Matrix]:
     n = tile_size(m, r)
     a = list(pts)
@@ -212,3 +213,19 @@ def winograd_matrices(
         return torch.tensor([[float(v) for v in row] for row in x], dtype=torch.float64)
 
     return t(at), t(g), t(bt)
+
+
+def winograd_kron(
+    m: int, r: int, points: Sequence[object] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened 2-D transforms as single matrices (float64), used by every stage implementation.
+
+    ``KB`` (n², n²): ``vec(Bᵀ X B) = vec(X) @ KB`` with row-major ``vec`` over the n×n tile,
+    i.e. ``KB[(a,b), (i,j)] = Bᵀ[i,a]·Bᵀ[j,b]``.
+    ``KA`` (n², m²): ``vec(Aᵀ M A) = vec(M) @ KA``, i.e. ``KA[(i,j), (p,q)] = Aᵀ[p,i]·Aᵀ[q,j]``.
+    """
+    at, _, bt = winograd_matrices(m, r, points)
+    n = tile_size(m, r)
+    kb = torch.einsum("ia,jb->abij", bt, bt).reshape(n * n, n * n)
+    ka = torch.einsum("pi,qj->ijpq", at, at).reshape(n * n, m * m)
+    return kb, ka

@@ -1,0 +1,71 @@
+"""Public API: dense and sparse Winograd convolution (functional forms and modules).
+
+``backend``: ``"auto"`` (Triton kernels for CUDA tensors, the torch path for CPU tensors),
+``"triton"`` (force the kernels; on CPU tensors this needs ``TRITON_INTERPRET=1`` set before
+import), ``"torch"`` (the pure-torch path of ``tritonwino.reference``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import _checks, reference
+from .transforms import normalize_points, tile_size
+
+__all__ = ["winograd_conv2d", "BACKENDS"]
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def resolve_backend(backend: str, x: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if x.is_cuda else "torch"
+    return backend
+
+
+def winograd_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    padding: int | tuple[int, int] = 0,
+    m: int = 4,
+    backend: str = "auto",
+    *,
+    points: Sequence[object] | None = None,
+    stride: int | tuple[int, int] = 1,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    relu: bool = False,
+    allow_tf32: bool = False,
+) -> torch.Tensor:
+    """Dense Winograd F(m×m, r×r) convolution, r taken from ``weight`` (K, C, r, r).
+
+    Same result as ``F.conv2d(x, weight, bias, padding=padding)`` up to the tile's rounding
+    error. Only stride 1, dilation 1, groups 1 and odd square kernels are supported; other values
+    raise ``ValueError`` naming the argument. ``relu=True`` fuses a ReLU into the output
+    transform. ``allow_tf32`` lets fp32 GEMMs use tf32 tensor cores on a GPU.
+    """
+    _checks.check_conv_unsupported(stride, dilation, groups)
+    k, c, r = _checks.check_weight(weight)
+    _checks.check_input(x, c)
+    _checks.check_bias(bias, k)
+    _checks.check_same_device(x=x, weight=weight, bias=bias)
+    pad = _checks.check_padding(padding)
+    pts = normalize_points(m, r, points)
+    be = resolve_backend(backend, x)
+    if be == "torch":
+        return reference.winograd_conv2d(x, weight, bias, pad, m, pts, relu)
+
+    from . import _pipeline
+    from .kernels.winograd_gemm import winograd_gemm
+
+    _pipeline.check_triton_dtype(x.dtype)
+    n = tile_size(m, r)
+    opd = _checks.operand_dtype(x.dtype)
+    q = reference.winograd_weight(weight.detach(), m, pts)  # float64, then cast once
+    q_pck = q.permute(2, 3, 1, 0).reshape(n * n, c, k).to(opd).contiguous()
+    return _pipeline.run(x, lambda v: winograd_gemm(v, q_pck, allow_tf32), k, bias, pad, m, r, pts, relu)
