@@ -127,6 +127,44 @@ def output_transform(
     return y
 
 
+def sparse_winograd_gemm(v: torch.Tensor, packed, operand: torch.dtype | None = None) -> torch.Tensor:
+    """Gathered GEMMs over the kept channels only: v (P, C, T) -> M (P, K, T).
+
+    All (position, group) lists are padded to the longest one and run as one batched matmul;
+    padding gathers an appended zero row, so it contributes exact zeros (never 0 * NaN).
+    """
+    p, c, t = v.shape
+    idx, vals = packed.padded_slabs(operand or v.dtype, v.dtype)
+    g = packed.G
+    if idx.shape[1] == 0:
+        return v.new_zeros((p, packed.K, t))
+    v_ext = torch.cat([v, v.new_zeros((p, 1, t))], dim=1)
+    p_of_group = torch.arange(p * g, device=v.device) // g
+    gathered = v_ext[p_of_group[:, None], idx]  # (P*G, L, T)
+    out = torch.matmul(vals.transpose(1, 2), gathered)  # (P*G, group_k, T)
+    return out.reshape(p, g * packed.group_k, t)[:, : packed.K]
+
+
+def sparse_winograd_conv2d(
+    x: torch.Tensor,
+    packed,
+    bias: torch.Tensor | None = None,
+    padding: int | tuple[int, int] = 0,
+    relu: bool = False,
+) -> torch.Tensor:
+    """Sparse Winograd convolution with a ``PackedWinogradWeight`` (inference; torch ops)."""
+    pad = _checks.check_padding(padding)
+    m, r, pts = packed.m, packed.r, packed.points_fractions()
+    nb, _, h, w = x.shape
+    ho, wo = _checks.output_size(h, w, r, pad)
+    acc = _checks.accum_dtype(x.dtype)
+    opd = _checks.operand_dtype(x.dtype)
+    v = input_transform(x, m, r, pad, pts).to(opd).to(acc)
+    mm = sparse_winograd_gemm(v, packed, opd)
+    y = output_transform(mm, nb, ho, wo, m, r, pts, bias, relu)
+    return _finish(y, x)
+
+
 def _finish(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     y = y.to(x.dtype)
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():

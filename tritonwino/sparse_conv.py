@@ -12,9 +12,16 @@ from collections.abc import Sequence
 import torch
 
 from . import _checks, reference
+from .packing import PackedWinogradWeight, pack_winograd_weight
 from .transforms import normalize_points, tile_size
 
-__all__ = ["winograd_conv2d", "BACKENDS"]
+__all__ = [
+    "BACKENDS",
+    "PackedWinogradWeight",
+    "pack_winograd_weight",
+    "sparse_winograd_conv2d",
+    "winograd_conv2d",
+]
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -69,3 +76,41 @@ def winograd_conv2d(
     q = reference.winograd_weight(weight.detach(), m, pts)  # float64, then cast once
     q_pck = q.permute(2, 3, 1, 0).reshape(n * n, c, k).to(opd).contiguous()
     return _pipeline.run(x, lambda v: winograd_gemm(v, q_pck, allow_tf32), k, bias, pad, m, r, pts, relu)
+
+
+def sparse_winograd_conv2d(
+    x: torch.Tensor,
+    packed: PackedWinogradWeight,
+    bias: torch.Tensor | None = None,
+    padding: int | tuple[int, int] = 0,
+    backend: str = "auto",
+    *,
+    relu: bool = False,
+    allow_tf32: bool = False,
+) -> torch.Tensor:
+    """Sparse Winograd convolution: input transform -> sparse multiply -> output transform.
+
+    ``packed`` comes from ``pack_winograd_weight``; its tile, kernel size and interpolation points
+    are used, so a weight built with one point set is never run with another.
+    """
+    if not isinstance(packed, PackedWinogradWeight):
+        raise TypeError(f"packed must be a PackedWinogradWeight (see pack_winograd_weight), "
+                        f"got {type(packed).__name__}")
+    _checks.check_input(x, packed.C)
+    _checks.check_bias(bias, packed.K)
+    _checks.check_same_device(x=x, packed=packed.values, bias=bias)
+    pad = _checks.check_padding(padding)
+    be = resolve_backend(backend, x)
+    if be == "torch":
+        return reference.sparse_winograd_conv2d(x, packed, bias, pad, relu)
+
+    from . import _pipeline
+    from .kernels.sparse_winograd_gemm import sparse_winograd_gemm
+
+    _pipeline.check_triton_dtype(x.dtype)
+    vals = packed.values_as(_checks.operand_dtype(x.dtype))
+
+    def gemm(v: torch.Tensor) -> torch.Tensor:
+        return sparse_winograd_gemm(v, vals, packed.indices, packed.offsets, packed.K, packed.group_k, allow_tf32)
+
+    return _pipeline.run(x, gemm, packed.K, bias, pad, packed.m, packed.r, packed.points_fractions(), relu)

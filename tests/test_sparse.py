@@ -1,0 +1,217 @@
+"""Packed sparse Winograd weights and the sparse multiply (Triton under the interpreter, torch path).
+
+Oracle: the float64 Winograd convolution with the same q (a pruned q is in general not G W Gᵀ of
+any spatial weight, so this *is* the float64 layer). Tolerance rule: tests/_tolerance.py.
+"""
+
+import math
+
+import pytest
+import torch
+import triton.runtime.interpreter as interp
+from tritonwino.kernels.sparse_winograd_gemm import interpreter_config, sparse_winograd_gemm
+
+from tritonwino import reference
+from tritonwino.sparse_conv import PackedWinogradWeight, pack_winograd_weight, sparse_winograd_conv2d
+
+from ._tolerance import assert_close_rule
+
+BLOCKS = [(1, 1), (16, 1), (32, 1), (16, 16)]
+
+
+def _q(k, c, m, pattern, gen, block=(1, 1)):
+    q = reference.winograd_weight(torch.randn(k, c, 3, 3, generator=gen) / math.sqrt(9 * c), m)
+    n = m + 2
+    if pattern == "random":
+        bk, bc = max(block[0], 1), block[1]
+        keep = torch.rand(math.ceil(k / bk), math.ceil(c / bc), n, n, generator=gen) > 0.6
+        keep = keep.repeat_interleave(bk, 0)[:k].repeat_interleave(bc, 1)[:, :c]
+        q = q * keep
+    elif pattern == "all_pruned":
+        q = torch.zeros_like(q)
+    elif pattern == "position_pruned":
+        q[:, :, 1, 2] = 0
+    elif pattern == "channel_pruned":
+        q[3] = 0
+    return q
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("pattern", ["random", "all_kept", "all_pruned", "position_pruned", "channel_pruned"])
+def test_sparse_matches_float64_fp32(block, pattern, device):
+    gen = torch.Generator().manual_seed(1)
+    q = _q(19, 21, 4, pattern, gen, block)
+    x = torch.randn(2, 21, 9, 7, generator=gen).to(device)
+    bias = torch.randn(19, generator=gen).to(device)
+    packed = pack_winograd_weight(q, block).to(device)
+    oracle = reference.winograd_conv2d_q(x.double(), q.to(device), bias.double(), 1, 4, 3)
+    y = sparse_winograd_conv2d(x, packed, bias, 1, backend="triton")
+    y_torch = sparse_winograd_conv2d(x, packed, bias, 1, backend="torch")
+    assert_close_rule(y, y_torch, oracle, 4)
+    if pattern == "all_pruned":
+        assert torch.equal(y, bias.view(1, -1, 1, 1).expand_as(y))
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_sparse_dtypes_layouts(m, dtype, channels_last, device):
+    gen = torch.Generator().manual_seed(2)
+    q = _q(17, 18, m, "random", gen, (16, 1))
+    x = torch.randn(3, 18, 11, 6, generator=gen).to(device).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    packed = pack_winograd_weight(q, (16, 1)).to(device)
+    oracle = reference.winograd_conv2d_q(x.double(), q.to(device), None, 2, m, 3)
+    y = sparse_winograd_conv2d(x, packed, None, 2, backend="triton")
+    y_torch = sparse_winograd_conv2d(x, packed, None, 2, backend="torch")
+    assert y.dtype == dtype
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert_close_rule(y, y_torch, oracle, m)
+
+
+def test_dense_q_sparse_path_equals_conv2d(device):
+    """Unpruned: the sparse path is an ordinary convolution."""
+    w = torch.randn(8, 5, 3, 3)
+    x = torch.randn(1, 5, 10, 10)
+    packed = pack_winograd_weight(reference.winograd_weight(w, 4), (16, 1))
+    y = sparse_winograd_conv2d(x, packed, None, 1, backend="triton")
+    ref = torch.nn.functional.conv2d(x.double(), w.double(), padding=1)
+    assert (y.double() - ref).abs().max() <= 2e-5 * ref.abs().max()
+
+
+# ---------------------------------------------------------------------------------------------
+# Work is proportional to what is kept: count the tl.dot work the interpreter executes.
+
+class _DotCounter:
+    def __init__(self):
+        self.macs = 0
+        self._orig = interp.InterpreterBuilder.create_dot
+
+    def __enter__(self):
+        counter = self
+
+        def counting_dot(builder, a, b, d, *args, **kwargs):
+            counter.macs += a.data.shape[-2] * a.data.shape[-1] * b.data.shape[-1]
+            return counter._orig(builder, a, b, d, *args, **kwargs)
+
+        interp.InterpreterBuilder.create_dot = counting_dot
+        return self
+
+    def __exit__(self, *exc):
+        interp.InterpreterBuilder.create_dot = self._orig
+
+
+@pytest.mark.skipif(not hasattr(interp, "InterpreterBuilder") or torch.cuda.is_available(),
+                    reason="counts work through the Triton interpreter, which a GPU run does not use")
+def test_executed_work_is_proportional_to_kept_channels():
+    gen = torch.Generator().manual_seed(3)
+    k, c, m = 32, 128, 2
+    n = m + 2
+    x = torch.randn(1, c, 8, 8, generator=gen)
+    v = reference.input_transform(x, m, 3, (1, 1)).float().contiguous()
+    t_total = v.shape[2]
+    cfg = interpreter_config(t_total)
+    q_full = reference.winograd_weight(torch.randn(k, c, 3, 3, generator=gen), m)
+
+    def run(sparsity):
+        keep = torch.rand(2, c, n, n, generator=gen) >= sparsity  # per (group of 16, channel, position)
+        q = q_full * keep.repeat_interleave(16, 0)
+        packed = pack_winograd_weight(q, (16, 1))
+        with _DotCounter() as cnt:
+            mm = sparse_winograd_gemm(v, packed.values_as(torch.float32), packed.indices, packed.offsets, k, 16)
+        ref = reference.sparse_winograd_gemm(v, packed)
+        assert torch.allclose(mm, ref, atol=1e-4, rtol=1e-5)
+        return cnt.macs, packed
+
+    dense_macs, dense_packed = run(0.0)
+    t_blocks = math.ceil(t_total / cfg.block_t)
+    assert dense_packed.density == 1.0
+    assert dense_macs == t_blocks * cfg.block_t * 16 * (n * n * 2) * c  # every slot, exactly once
+    for sparsity in (0.5, 0.75, 0.9):
+        macs, packed = run(sparsity)
+        counts = (packed.offsets[1:] - packed.offsets[:-1]).tolist()
+        chunks = sum(math.ceil(cnt / cfg.block_c) for cnt in counts)
+        executed = macs / dense_macs
+        # exact: one BLOCK_T x BLOCK_C x 16 dot per chunk of kept channels, nothing for pruned ones
+        assert macs == t_blocks * cfg.block_t * cfg.block_c * 16 * chunks
+        # overhead: each group's last chunk is padded to BLOCK_C, at most (BLOCK_C - 1) / C
+        assert packed.density <= executed <= packed.density + (cfg.block_c - 1) / c
+        assert abs(packed.density - (1 - sparsity)) < 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing
+
+def test_pack_roundtrip_metadata_and_save(tmp_path):
+    q = _q(40, 24, 4, "random", torch.Generator().manual_seed(4), (16, 4))
+    p = pack_winograd_weight(q, (16, 4))
+    assert torch.equal(p.unpack(), q)
+    assert (p.m, p.r, p.n, p.K, p.C, p.block, p.group_k) == (4, 3, 6, 40, 24, (16, 4), 16)
+    assert p.nbytes == p.values.numel() * 8 + p.indices.numel() * 4 + p.offsets.numel() * 4
+    assert 0 < p.density < 1 and p.sparsity_signature.startswith("gk16-bc4-d")
+    torch.save(p, tmp_path / "w.pt")
+    p2 = torch.load(tmp_path / "w.pt", weights_only=False)
+    assert isinstance(p2, PackedWinogradWeight) and torch.equal(p2.unpack(), q)
+    p2.validate()
+    p16 = p.to(dtype=torch.float16)
+    assert p16.values.dtype == torch.float16 and p16.nbytes < p.nbytes
+
+
+def test_element_granularity_groups_by_kernel_block():
+    q = torch.zeros(20, 8, 6, 6, dtype=torch.float64)
+    q[0, 3, 0, 0] = 1.0   # group 0 keeps channel 3 at position 0
+    q[19, 5, 5, 5] = 2.0  # group 1 (rows 16..31, padded) keeps channel 5 at position 35
+    p = pack_winograd_weight(q, (1, 1))
+    assert p.group_k == 16 and p.nnz_channels == 2
+    assert p.indices.tolist() == [3, 5]
+    assert torch.equal(p.unpack(), q)
+
+
+def test_fp16_packed_bytes_at_75_percent():
+    """Issue target: packed fp16 F(4,3) weights at 75% Winograd sparsity with (16, 1) take at most
+    1.15x the dense spatial weight bytes (9 values per (k, c) pair in fp16)."""
+    k = c = 64
+    gen = torch.Generator().manual_seed(5)
+    q = reference.winograd_weight(torch.randn(k, c, 3, 3, generator=gen), 4)
+    keep = (torch.rand(k // 16, c, 6, 6, generator=gen) >= 0.75).repeat_interleave(16, 0)
+    p = pack_winograd_weight(q * keep, (16, 1), dtype=torch.float16)
+    dense_spatial = k * c * 9 * 2
+    assert p.nbytes <= 1.15 * dense_spatial, (p.nbytes, dense_spatial)
+
+
+@pytest.mark.parametrize(
+    "q,kwargs,exc,match",
+    [
+        (torch.zeros(4, 4, 6), {}, ValueError, "K, C, n, n"),
+        (torch.zeros(4, 4, 6, 6, dtype=torch.int32), {}, TypeError, "floating"),
+        (torch.zeros(4, 4, 2, 2), {}, ValueError, "not a tile"),
+        (torch.zeros(4, 4, 6, 6), {"block": (8, 1)}, ValueError, "bk must be"),
+        (torch.zeros(4, 4, 6, 6), {"block": (16, 0)}, ValueError, "bc must be"),
+        (torch.zeros(4, 4, 6, 6), {"block": 16}, ValueError, "pair"),
+        (torch.zeros(4, 4, 6, 6), {"points": [0, 1, 1, 2, -2]}, ValueError, "distinct"),
+        (torch.full((4, 4, 6, 6), float("nan")), {}, ValueError, "NaN"),
+    ],
+)
+def test_pack_bad_input(q, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        pack_winograd_weight(q, **kwargs)
+
+
+def test_tampered_packed_weight_is_refused():
+    p = pack_winograd_weight(torch.ones(16, 8, 4, 4), (16, 1), r=3)
+    p.indices[0] = 8  # beyond C
+    with pytest.raises(ValueError, match="outside"):
+        p.validate()
+
+
+def test_sparse_conv_bad_inputs():
+    p = pack_winograd_weight(torch.ones(16, 8, 6, 6), (16, 1))
+    with pytest.raises(ValueError, match="channels"):
+        sparse_winograd_conv2d(torch.randn(1, 7, 8, 8), p)
+    with pytest.raises(TypeError, match="PackedWinogradWeight"):
+        sparse_winograd_conv2d(torch.randn(1, 8, 8, 8), torch.ones(16, 8, 6, 6))
+    with pytest.raises(ValueError, match="4-D"):
+        sparse_winograd_conv2d(torch.randn(8, 8, 8), p)
+    y = sparse_winograd_conv2d(torch.randn(0, 8, 8, 8), p, padding=1, backend="triton")
+    assert y.shape == (0, 16, 8, 8)

@@ -1,0 +1,250 @@
+"""Packed sparse Winograd-domain weights: vector sparsity per position (see DESIGN.md).
+
+For every Winograd position p and every group of ``group_k`` consecutive output channels, the
+packer keeps the list of input channels that any member of the group still uses, and stores the
+values densely as a (kept × group_k) slab. The sparse GEMM walks that list, gathers the matching
+rows of V_p and runs a dense ``tl.dot``: work is proportional to the kept channels.
+
+Arrays (``G = ceil(K / group_k)``, ``P = n²``; groups ordered ``p * G + g``):
+
+* ``offsets`` int32 (P·G + 1): group ``p*G+g`` owns kept slots ``offsets[pg]:offsets[pg+1]``;
+* ``indices`` int32 (nnz,): the kept input channel of each slot, ascending within a group;
+* ``values`` (nnz, group_k): ``values[s, j] = q[g*group_k + j, indices[s], p]`` (0 past K).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import torch
+
+from .transforms import normalize_points
+
+__all__ = ["PackedWinogradWeight", "pack_winograd_weight", "SUPPORTED_GROUP_K"]
+
+# Output-channel group sizes the sparse kernel can run: tl.dot needs >= 16 rows on tensor cores.
+SUPPORTED_GROUP_K = (16, 32, 64)
+DEFAULT_ELEMENT_GROUP_K = 16
+
+
+@dataclass
+class PackedWinogradWeight:
+    values: torch.Tensor
+    indices: torch.Tensor
+    offsets: torch.Tensor
+    m: int
+    r: int
+    K: int
+    C: int
+    block: tuple[int, int]
+    group_k: int
+    points: tuple[str, ...]
+    _cast_cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # ---- derived metadata -------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return self.m + self.r - 1
+
+    @property
+    def P(self) -> int:  # noqa: N802 (the paper's name)
+        return self.n * self.n
+
+    @property
+    def G(self) -> int:  # noqa: N802
+        return math.ceil(self.K / self.group_k)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def nnz_channels(self) -> int:
+        return int(self.indices.numel())
+
+    @property
+    def density(self) -> float:
+        """Fraction of the dense GEMM work (P·G·C channel slots) that is kept."""
+        total = self.P * self.G * self.C
+        return self.nnz_channels / total if total else 0.0
+
+    @property
+    def sparsity_signature(self) -> str:
+        """Tuning key for the pattern: group size and density bucket (not the raw mask)."""
+        return f"gk{self.group_k}-bc{self.block[1]}-d{round(self.density, 2):.2f}"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of values + indices + offsets."""
+        return sum(t.numel() * t.element_size() for t in (self.values, self.indices, self.offsets))
+
+    def points_fractions(self) -> tuple[Fraction, ...]:
+        return tuple(Fraction(p) for p in self.points)
+
+    # ---- conversions --------------------------------------------------------------------------
+    def to(self, device=None, dtype: torch.dtype | None = None) -> PackedWinogradWeight:
+        return PackedWinogradWeight(
+            self.values.to(device=device, dtype=dtype), self.indices.to(device), self.offsets.to(device),
+            self.m, self.r, self.K, self.C, self.block, self.group_k, self.points,
+        )
+
+    def values_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """values in ``dtype`` (cached, so repeated forwards do not re-cast)."""
+        if dtype == self.values.dtype:
+            return self.values
+        key = (dtype, self.values.device, self.values.data_ptr(), self.values._version)
+        hit = self._cast_cache.get(dtype)
+        if hit is None or hit[0] != key:
+            hit = (key, self.values.to(dtype).contiguous())
+            self._cast_cache[dtype] = hit
+        return hit[1]
+
+    def padded_slabs(self, operand: torch.dtype, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the torch path: (idx (P·G, L), vals (P·G, L, group_k)) padded to the longest list,
+        padding pointing at channel C (a zero row the torch path appends to V). Values are rounded
+        to ``operand`` (what a kernel would read) and held in ``dtype``. Cached."""
+        key = ("padded", operand, dtype)
+        hit = self._cast_cache.get(key)
+        if hit is not None and hit[0] == (self.values.data_ptr(), self.values._version):
+            return hit[1]
+        pg = self.P * self.G
+        dev = self.values.device
+        counts = (self.offsets[1:] - self.offsets[:-1]).long()
+        longest = int(counts.max()) if counts.numel() else 0
+        idx = torch.full((pg, longest), self.C, dtype=torch.long, device=dev)
+        vals = torch.zeros((pg, longest, self.group_k), dtype=dtype, device=dev)
+        if self.nnz_channels:
+            grp = torch.repeat_interleave(torch.arange(pg, device=dev), counts)
+            slot = torch.arange(self.nnz_channels, device=dev) - self.offsets[:-1].long()[grp]
+            idx[grp, slot] = self.indices.long()
+            vals[grp, slot] = self.values.to(operand).to(dtype)
+        out = (idx, vals)
+        self._cast_cache[key] = ((self.values.data_ptr(), self.values._version), out)
+        return out
+
+    def unpack(self) -> torch.Tensor:
+        """The dense Winograd-domain weight (K, C, n, n), exactly as packed."""
+        p_count, g_count, gk = self.P, self.G, self.group_k
+        dense = torch.zeros(p_count, g_count, self.C, gk, dtype=self.values.dtype, device=self.values.device)
+        counts = (self.offsets[1:] - self.offsets[:-1]).long()
+        grp = torch.repeat_interleave(torch.arange(p_count * g_count, device=self.values.device), counts)
+        dense.view(p_count * g_count, self.C, gk)[grp, self.indices.long()] = self.values
+        q = dense.permute(1, 3, 2, 0).reshape(g_count * gk, self.C, self.n, self.n)
+        return q[: self.K].contiguous()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cast_cache"] = {}
+        return state
+
+    def validate(self) -> None:
+        """Check internal consistency; raises ValueError before any kernel could read out of bounds."""
+        pg = self.P * self.G
+        if self.offsets.dtype != torch.int32 or self.indices.dtype != torch.int32:
+            raise ValueError("packed weight: offsets and indices must be int32")
+        if self.offsets.shape != (pg + 1,):
+            raise ValueError(f"packed weight: offsets must have {pg + 1} entries, got {tuple(self.offsets.shape)}")
+        nnz = self.indices.numel()
+        if self.values.shape != (nnz, self.group_k):
+            raise ValueError(f"packed weight: values must be ({nnz}, {self.group_k}), got {tuple(self.values.shape)}")
+        off = self.offsets.long()
+        if int(off[0]) != 0 or int(off[-1]) != nnz or bool((off[1:] < off[:-1]).any()):
+            raise ValueError("packed weight: offsets must start at 0, be non-decreasing and end at nnz")
+        if nnz >= 2**31:
+            raise ValueError("packed weight: more than 2^31 kept slots; split the layer")
+        if nnz and (int(self.indices.min()) < 0 or int(self.indices.max()) >= self.C):
+            raise ValueError(f"packed weight: a channel index is outside [0, {self.C})")
+        normalize_points(self.m, self.r, self.points)
+
+
+def _check_block(block: Sequence[int]) -> tuple[int, int]:
+    if (not isinstance(block, tuple | list) or len(block) != 2
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in block)):
+        raise ValueError(f"block must be a pair of ints (bk, bc), got {block!r}")
+    bk, bc = int(block[0]), int(block[1])
+    if bk != 1 and bk not in SUPPORTED_GROUP_K:
+        raise ValueError(
+            f"block=({bk}, {bc}): bk must be 1 (element granularity, grouped by the kernel's "
+            f"BLOCK_K) or one of {SUPPORTED_GROUP_K} so that a group feeds a tensor-core dot"
+        )
+    if bc < 1:
+        raise ValueError(f"block=({bk}, {bc}): bc must be >= 1")
+    return bk, bc
+
+
+def pack_winograd_weight(
+    q: torch.Tensor,
+    block: Sequence[int] = (16, 1),
+    r: int = 3,
+    points: Sequence[object] | None = None,
+    dtype: torch.dtype | None = None,
+    group_k: int | None = None,
+) -> PackedWinogradWeight:
+    """Pack a Winograd-domain weight ``q`` (K, C, n, n) whose exact zeros are pruned entries.
+
+    ``block=(bk, bc)``: ``(1, 1)`` element granularity (the packer groups output channels by
+    ``group_k``, default 16, keeping a channel if any member of the group keeps it); ``(bk, 1)``
+    with bk in 16/32/64 keeps or drops input channels per group of bk output channels;
+    ``(bk, bc)`` additionally keeps input channels in blocks of bc. ``points`` are those ``q``
+    was built with (default: the library's default for F(n − r + 1, r)). ``dtype`` is the storage
+    dtype of the values (default: ``q.dtype``, which makes ``unpack()`` exact).
+    """
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
+    if q.dim() != 4 or q.shape[2] != q.shape[3]:
+        raise ValueError(f"q must be (K, C, n, n), got shape {tuple(q.shape)}")
+    if not q.is_floating_point():
+        raise TypeError(f"q must be a floating tensor, got {q.dtype}")
+    k, c, n, _ = q.shape
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"r must be a positive int, got {r!r}")
+    m = n - r + 1
+    if m < 1:
+        raise ValueError(f"q has n={n}, which is not a tile for r={r} (need n >= r)")
+    pts = normalize_points(m, r, points)
+    if not torch.isfinite(q).all():
+        raise ValueError("q contains NaN or Inf: pack only finite weights")
+    bk, bc = _check_block(block)
+    if group_k is None:
+        group_k = DEFAULT_ELEMENT_GROUP_K if bk == 1 else bk
+    elif bk != 1 and group_k != bk:
+        raise ValueError(f"group_k={group_k} conflicts with block=({bk}, {bc}); group_k follows bk")
+    if group_k not in SUPPORTED_GROUP_K:
+        raise ValueError(f"group_k must be one of {SUPPORTED_GROUP_K}, got {group_k}")
+
+    dev = q.device
+    p_count = n * n
+    g_count = math.ceil(k / group_k)
+    k_pad = g_count * group_k
+    # (P, G, C, group_k) slabs
+    qp = torch.zeros(k_pad, c, p_count, dtype=q.dtype, device=dev)
+    qp[:k] = q.reshape(k, c, p_count)
+    slabs = qp.reshape(g_count, group_k, c, p_count).permute(3, 0, 2, 1).contiguous()
+    keep = (slabs != 0).any(dim=-1)  # (P, G, C): channel used by any member of the group
+    if bc > 1:
+        nblk = math.ceil(c / bc)
+        padded = torch.zeros(p_count, g_count, nblk * bc, dtype=torch.bool, device=dev)
+        padded[..., :c] = keep
+        blk = padded.reshape(p_count, g_count, nblk, bc).any(dim=-1)
+        keep = blk.repeat_interleave(bc, dim=-1)[..., :c]
+    counts = keep.reshape(p_count * g_count, c).sum(dim=1)
+    offsets = torch.zeros(p_count * g_count + 1, dtype=torch.int64, device=dev)
+    offsets[1:] = torch.cumsum(counts, 0)
+    flat_keep = keep.reshape(p_count * g_count, c)
+    _, ch = flat_keep.nonzero(as_tuple=True)  # row-major: grouped by pg, channels ascending
+    values = slabs.reshape(p_count * g_count, c, group_k)[flat_keep]
+    packed = PackedWinogradWeight(
+        values=values.to(dtype or q.dtype).contiguous(),
+        indices=ch.to(torch.int32).contiguous(),
+        offsets=offsets.to(torch.int32),
+        m=m, r=r, K=k, C=c, block=(bk, bc), group_k=group_k,
+        points=tuple(str(p) for p in pts),
+    )
+    return packed
