@@ -11,6 +11,8 @@ import sys
 # `tritonwino SUBCOMMAND --help` documents itself.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("demo", "tritonwino.demo", "the main job: prune -> convert -> verify -> benchmark -> plot"),
+    ("bench", "tritonwino.layer_bench", "time conv2d vs dense vs sparse Winograd per layer shape and sparsity"),
+    ("plot", "tritonwino.plot_cmd", "rebuild speedup / memory / accuracy plots from saved result rows"),
     ("info", "tritonwino.info", "device, versions, available paths and tuning-cache summary"),
     ("compile-check", "tritonwino.compile_check",
      "AOT-compile every kernel config for sm_80/sm_90 and report registers, spills, tensor cores"),
