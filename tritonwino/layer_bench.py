@@ -95,8 +95,13 @@ def run(args: argparse.Namespace) -> int:
         x = torch.randn(nb, c, h, h, generator=gen).to(device)
         w = (torch.randn(c, c, 3, 3, generator=gen) / math.sqrt(9 * c)).to(device)
         base = time_ms(lambda x=x, w=w: F.conv2d(x, w, padding=1), device)
-        dense = {p: time_ms(lambda p=p, x=x, w=w, m=m: winograd_conv2d(x, w, None, 1, m, backend=p), device)
-                 for p in paths}
+        # Dense Winograd with its weight transformed once, as a deployed layer holds it.
+        q_pck = reference.winograd_weight(w, m).permute(2, 3, 0, 1).reshape((m + 2) ** 2, c, c).float()
+        dense = {"torch": time_ms(lambda x=x, q=q_pck, m=m: reference.winograd_conv2d_pck(x, q, None, (1, 1), m, 3),
+                                  device)}
+        if "triton" in paths:
+            dense["triton"] = time_ms(lambda x=x, w=w, m=m: winograd_conv2d(x, w, None, 1, m, backend="triton"),
+                                      device)
         for sparsity in args.sparsities:
             for block in blocks:
                 q = pruned_q(c, c, m, sparsity, block, gen)
