@@ -215,3 +215,41 @@ def test_sparse_conv_bad_inputs():
         sparse_winograd_conv2d(torch.randn(8, 8, 8), p)
     y = sparse_winograd_conv2d(torch.randn(0, 8, 8, 8), p, padding=1, backend="triton")
     assert y.shape == (0, 16, 8, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autotuning per sparsity pattern, persisted in the tuning cache
+
+def test_autotune_per_sparsity_signature_persists(monkeypatch):
+    from tritonwino.kernels.sparse_winograd_gemm import SparseGemmConfig
+
+    from tritonwino import autotune, tuning
+
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 32, 8, 8, generator=gen)
+    v = reference.input_transform(x, 2, 3, (1, 1)).float().contiguous()
+    cands = [SparseGemmConfig(64, 16, 4, 1), SparseGemmConfig(64, 32, 4, 1)]
+    qa = _q(16, 32, 2, "random", gen, (16, 1))
+    qb = qa[:, torch.randperm(32, generator=gen)]  # another mask with exactly the same density
+    pa, pb = pack_winograd_weight(qa, (16, 1)), pack_winograd_weight(qb, (16, 1))
+    assert not torch.equal(pa.indices, pb.indices)
+    pc = pack_winograd_weight(qa * (torch.rand(qa.shape, generator=gen) > 0.5), (1, 1))
+    tuning.get_cache().clear()
+    autotune.clear_memo()
+
+    cfg = autotune.sparse_config(v, pa, pa.values_as(torch.float32), candidates=cands)
+    assert cfg in cands
+    entry = tuning.get_cache().get_entry(autotune.SPARSE_KERNEL, autotune.sparse_key(v.shape[2], pa, v.dtype, False))
+    assert entry is not None and len(entry["timings"]) == 2  # both candidates were timed
+
+    # Later calls (new process = empty memo) read the file and time nothing.
+    autotune.clear_memo()
+    monkeypatch.setattr(tuning, "do_bench_ms", lambda fn, **kw: (_ for _ in ()).throw(AssertionError("timed")))
+    key_a = autotune.sparse_key(v.shape[2], pa, v.dtype, False)
+    assert autotune.sparse_key(v.shape[2], pb, v.dtype, False) == key_a  # the pattern's signature, not its mask
+    assert autotune.sparse_config(v, pb, pb.values_as(torch.float32), candidates=cands) == cfg
+    assert autotune.sparse_config(v, pa, pa.values_as(torch.float32), candidates=cands) == cfg
+    # A different density is a different key (and would be tuned anew).
+    assert autotune.sparse_key(v.shape[2], pc, v.dtype, False) != key_a
+    # The exact batch is not in the key: tile counts in one power-of-two bucket share it.
+    assert autotune.sparse_key(v.shape[2] - 3, pa, v.dtype, False) == key_a

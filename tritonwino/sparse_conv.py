@@ -69,7 +69,7 @@ def winograd_conv2d(
     if be == "torch":
         return reference.winograd_conv2d(x, weight, bias, pad, m, pts, relu)
 
-    from . import _pipeline
+    from . import _pipeline, autotune
     from .kernels.winograd_gemm import winograd_gemm
 
     _pipeline.check_triton_dtype(x.dtype)
@@ -77,7 +77,12 @@ def winograd_conv2d(
     opd = _checks.operand_dtype(x.dtype)
     q = reference.winograd_weight(weight.detach(), m, pts)  # float64, then cast once
     q_pck = q.permute(2, 3, 1, 0).reshape(n * n, c, k).to(opd).contiguous()
-    return _pipeline.run(x, lambda v: winograd_gemm(v, q_pck, allow_tf32), k, bias, pad, m, r, pts, relu)
+
+    def gemm(v: torch.Tensor) -> torch.Tensor:
+        cfg = autotune.dense_config(v, q_pck, m, r, allow_tf32)
+        return winograd_gemm(v, q_pck, allow_tf32, cfg)
+
+    return _pipeline.run(x, gemm, k, bias, pad, m, r, pts, relu)
 
 
 def sparse_winograd_conv2d(
@@ -106,14 +111,16 @@ def sparse_winograd_conv2d(
     if be == "torch":
         return reference.sparse_winograd_conv2d(x, packed, bias, pad, relu)
 
-    from . import _pipeline
+    from . import _pipeline, autotune
     from .kernels.sparse_winograd_gemm import sparse_winograd_gemm
 
     _pipeline.check_triton_dtype(x.dtype)
     vals = packed.values_as(_checks.operand_dtype(x.dtype))
 
     def gemm(v: torch.Tensor) -> torch.Tensor:
-        return sparse_winograd_gemm(v, vals, packed.indices, packed.offsets, packed.K, packed.group_k, allow_tf32)
+        cfg = autotune.sparse_config(v, packed, vals, allow_tf32)
+        return sparse_winograd_gemm(v, vals, packed.indices, packed.offsets, packed.K, packed.group_k, allow_tf32,
+                                    cfg)
 
     return _pipeline.run(x, gemm, packed.K, bias, pad, packed.m, packed.r, packed.points_fractions(), relu)
 
