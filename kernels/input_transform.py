@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import TL_NAME, check_triton_device, interpreting, next_pow2
+from ._common import TL_NAME, check_triton_device, next_pow2, transform_launch
 from .registry import CompileSpec
 
 
@@ -56,12 +56,6 @@ def _input_transform_kernel(
     tl.store(v_ptr + v_offs, v.to(v_ptr.dtype.element_ty), mask=v_mask)
 
 
-def _block_t(T: int) -> int:
-    if interpreting():
-        return min(1024, next_pow2(T))  # few, large programs: the interpreter pays per program
-    return 64
-
-
 def input_transform(
     x: torch.Tensor,
     kb: torch.Tensor,
@@ -81,12 +75,12 @@ def input_transform(
     v = torch.empty((n * n, c, t_total), device=x.device, dtype=out_dtype)
     if t_total == 0 or c == 0:
         return v
-    block_t = _block_t(t_total)
+    block_t, num_warps = transform_launch(nn, t_total)
     grid = (triton.cdiv(t_total, block_t), c)
     _input_transform_kernel[grid](
         x, kb, v, c, h, w, tw, th * tw, t_total, padding[0], padding[1],
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
-        N_TILE=n, M_TILE=m, NN=nn, BLOCK_T=block_t, num_warps=4,
+        N_TILE=n, M_TILE=m, NN=nn, BLOCK_T=block_t, num_warps=num_warps,
     )
     return v
 
@@ -103,9 +97,11 @@ def compile_specs() -> list[CompileSpec]:
                                       "stride_xn", "stride_xc", "stride_xh", "stride_xw")},
                 "N_TILE": "constexpr", "M_TILE": "constexpr", "NN": "constexpr", "BLOCK_T": "constexpr",
             }
+            block_t, num_warps = transform_launch(nn, 1 << 20)
             specs.append(CompileSpec(
                 kernel="input_transform", fn=_input_transform_kernel, signature=sig,
-                constexprs={"N_TILE": n, "M_TILE": m, "NN": nn, "BLOCK_T": 64},
-                num_warps=4, num_stages=1, label=f"F({m},{n - m + 1}) T64 {TL_NAME[in_dt]}",
+                constexprs={"N_TILE": n, "M_TILE": m, "NN": nn, "BLOCK_T": block_t},
+                num_warps=num_warps, num_stages=1,
+                label=f"F({m},{n - m + 1}) T{block_t} w{num_warps} {TL_NAME[in_dt]}",
             ))
     return specs

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import TL_NAME, check_triton_device, interpreting, next_pow2
+from ._common import TL_NAME, check_triton_device, next_pow2, transform_launch
 from .registry import CompileSpec
 
 
@@ -79,14 +79,14 @@ def output_transform(
     assert pp == next_pow2(p) and mmx == next_pow2(m * m)
     if t_total == 0 or k == 0:
         return y
-    block_t = min(1024, next_pow2(t_total)) if interpreting() else 64
+    block_t, num_warps = transform_launch(max(pp, mmx), t_total, wide_warps=4)
     grid = (triton.cdiv(t_total, block_t), k)
     _output_transform_kernel[grid](
         mm, ka, bias if bias is not None else mm, y,
         k, ho, wo, tw, th * tw, t_total,
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         P=p, M_TILE=m, PP=pp, MM=mmx, HAS_BIAS=bias is not None, RELU=relu,
-        BLOCK_T=block_t, num_warps=4,
+        BLOCK_T=block_t, num_warps=num_warps,
     )
     return y
 
@@ -103,12 +103,15 @@ def compile_specs() -> list[CompileSpec]:
                                           "stride_yn", "stride_yk", "stride_yh", "stride_yw")},
                     **{a: "constexpr" for a in ("P", "M_TILE", "PP", "MM", "HAS_BIAS", "RELU", "BLOCK_T")},
                 }
+                pp, mmx = next_pow2(n * n), next_pow2(m * m)
+                block_t, num_warps = transform_launch(max(pp, mmx), 1 << 20, wide_warps=4)
                 specs.append(CompileSpec(
                     kernel="output_transform", fn=_output_transform_kernel, signature=sig,
-                    constexprs={"P": n * n, "M_TILE": m, "PP": next_pow2(n * n), "MM": next_pow2(m * m),
-                                "HAS_BIAS": has_bias, "RELU": relu, "BLOCK_T": 64},
-                    num_warps=4, num_stages=1,
-                    label=f"F({m},{n - m + 1}) T64 {TL_NAME[out_dt]}{' bias' if has_bias else ''}"
+                    constexprs={"P": n * n, "M_TILE": m, "PP": pp, "MM": mmx,
+                                "HAS_BIAS": has_bias, "RELU": relu, "BLOCK_T": block_t},
+                    num_warps=num_warps, num_stages=1,
+                    label=f"F({m},{n - m + 1}) T{block_t} w{num_warps} {TL_NAME[out_dt]}"
+                          f"{' bias' if has_bias else ''}"
                           f"{' relu' if relu else ''}",
                 ))
     return specs

@@ -83,6 +83,22 @@ GPU_CONFIGS = (
 )
 
 
+# fp32 operands with IEEE products run on CUDA cores (FMA): larger tiles spill on sm_80.
+FP32_IEEE_CONFIGS = (
+    SparseGemmConfig(64, 32, 4, 3),
+    SparseGemmConfig(64, 16, 4, 2),
+)
+
+
+def gpu_configs(dtype: torch.dtype, precision: str, group_k: int) -> tuple[SparseGemmConfig, ...]:
+    """The candidates the autotuner may launch (compile-check proves each spill-free)."""
+    if dtype == torch.float32 and precision == "ieee":
+        return FP32_IEEE_CONFIGS
+    if group_k >= 64:  # a 128x64 fp32 accumulator on 4 warps is one register too many on sm_80
+        return tuple(c for c in GPU_CONFIGS if not (c.block_t >= 128 and c.num_warps == 4))
+    return GPU_CONFIGS
+
+
 def interpreter_config(t_total: int) -> SparseGemmConfig:
     return SparseGemmConfig(min(256, next_pow2(t_total)), 32, 4, 1)
 
@@ -106,12 +122,13 @@ def sparse_winograd_gemm(
     mm = torch.empty((p, k, t_total), device=v.device, dtype=torch.float32)
     if mm.numel() == 0:
         return mm
-    cfg = config or (interpreter_config(t_total) if interpreting() else GPU_CONFIGS[0])
+    precision = dot_precision(v.dtype, allow_tf32)
+    cfg = config or (interpreter_config(t_total) if interpreting() else gpu_configs(v.dtype, precision, group_k)[0])
     grid = (triton.cdiv(t_total, cfg.block_t), g, p)
     _sparse_winograd_gemm_kernel[grid](
         v, values, indices, offsets, mm, c, k, t_total, g,
         BLOCK_T=cfg.block_t, BLOCK_K=group_k, BLOCK_C=cfg.block_c,
-        PRECISION=dot_precision(v.dtype, allow_tf32), UPCAST=upcast_dot(v.dtype),
+        PRECISION=precision, UPCAST=upcast_dot(v.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return mm
@@ -122,7 +139,7 @@ def compile_specs() -> list[CompileSpec]:
     for dt, prec in ((torch.float16, "ieee"), (torch.bfloat16, "ieee"), (torch.float32, "tf32"),
                      (torch.float32, "ieee")):
         for group_k in (16, 32, 64):
-            for cfg in GPU_CONFIGS:
+            for cfg in gpu_configs(dt, prec, group_k):
                 sig = {"v_ptr": f"*{TL_NAME[dt]}", "val_ptr": f"*{TL_NAME[dt]}", "idx_ptr": "*i32",
                        "off_ptr": "*i32", "m_ptr": "*fp32", "C": "i32", "K": "i32", "T": "i32", "G": "i32",
                        **{a: "constexpr" for a in ("BLOCK_T", "BLOCK_K", "BLOCK_C", "PRECISION", "UPCAST")}}

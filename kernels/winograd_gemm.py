@@ -79,6 +79,19 @@ GPU_CONFIGS = (
 )
 
 
+# fp32 operands with IEEE products run on CUDA cores (FMA): larger tiles spill on sm_80.
+FP32_IEEE_CONFIGS = (
+    GemmConfig(64, 64, 32, 4, 3),
+    GemmConfig(64, 64, 16, 4, 2),
+    GemmConfig(32, 64, 32, 4, 2),
+)
+
+
+def gpu_configs(dtype: torch.dtype, precision: str) -> tuple[GemmConfig, ...]:
+    """The candidates the autotuner may launch for this operand dtype and dot precision."""
+    return FP32_IEEE_CONFIGS if dtype == torch.float32 and precision == "ieee" else GPU_CONFIGS
+
+
 def interpreter_config(t_total: int, k: int, c: int) -> GemmConfig:
     """One large config: the interpreter's cost is per program and per loop iteration."""
     return GemmConfig(min(256, next_pow2(t_total)), min(64, next_pow2(k)), min(64, next_pow2(c)), 4, 1)
@@ -97,12 +110,13 @@ def winograd_gemm(
         return mm
     if c == 0:
         return mm.zero_()
-    cfg = config or (interpreter_config(t_total, k, c) if interpreting() else GPU_CONFIGS[0])
+    precision = dot_precision(v.dtype, allow_tf32)
+    cfg = config or (interpreter_config(t_total, k, c) if interpreting() else gpu_configs(v.dtype, precision)[0])
     grid = (triton.cdiv(t_total, cfg.block_t), triton.cdiv(k, cfg.block_k), p)
     _winograd_gemm_kernel[grid](
         v, q, mm, c, k, t_total,
         BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k, BLOCK_C=cfg.block_c,
-        PRECISION=dot_precision(v.dtype, allow_tf32), UPCAST=upcast_dot(v.dtype),
+        PRECISION=precision, UPCAST=upcast_dot(v.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return mm
@@ -112,7 +126,7 @@ def compile_specs() -> list[CompileSpec]:
     specs = []
     for dt, prec in ((torch.float16, "ieee"), (torch.bfloat16, "ieee"), (torch.float32, "tf32"),
                      (torch.float32, "ieee")):
-        for cfg in GPU_CONFIGS:
+        for cfg in gpu_configs(dt, prec):
             sig = {"v_ptr": f"*{TL_NAME[dt]}", "q_ptr": f"*{TL_NAME[dt]}", "m_ptr": "*fp32",
                    "C": "i32", "K": "i32", "T": "i32",
                    **{a: "constexpr" for a in ("BLOCK_T", "BLOCK_K", "BLOCK_C", "PRECISION", "UPCAST")}}

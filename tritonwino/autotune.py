@@ -16,12 +16,12 @@ from dataclasses import asdict
 import torch
 
 from . import tuning
-from .kernels._common import interpreting
-from .kernels.sparse_winograd_gemm import GPU_CONFIGS as SPARSE_GPU_CONFIGS
+from .kernels._common import dot_precision, interpreting
 from .kernels.sparse_winograd_gemm import SparseGemmConfig, sparse_winograd_gemm
+from .kernels.sparse_winograd_gemm import gpu_configs as sparse_gpu_configs
 from .kernels.sparse_winograd_gemm import interpreter_config as sparse_interpreter_config
-from .kernels.winograd_gemm import GPU_CONFIGS as DENSE_GPU_CONFIGS
 from .kernels.winograd_gemm import GemmConfig, winograd_gemm
+from .kernels.winograd_gemm import gpu_configs as dense_gpu_configs
 from .kernels.winograd_gemm import interpreter_config as dense_interpreter_config
 
 SPARSE_KERNEL = "sparse_winograd_gemm"
@@ -56,7 +56,8 @@ def sparse_config(v: torch.Tensor, packed, values: torch.Tensor, allow_tf32: boo
     """The config for the sparse GEMM on V (P, C, T) with this packed weight."""
     t_total = v.shape[2]
     if candidates is None:
-        candidates = [sparse_interpreter_config(t_total)] if interpreting() else list(SPARSE_GPU_CONFIGS)
+        candidates = ([sparse_interpreter_config(t_total)] if interpreting() else
+                      list(sparse_gpu_configs(v.dtype, dot_precision(v.dtype, allow_tf32), packed.group_k)))
     cands = [asdict(c) for c in candidates]
     key = sparse_key(t_total, packed, v.dtype, allow_tf32)
 
@@ -74,7 +75,8 @@ def dense_config(v: torch.Tensor, q_pck: torch.Tensor, m: int, r: int, allow_tf3
     _, c, t_total = v.shape
     k = q_pck.shape[2]
     if candidates is None:
-        candidates = [dense_interpreter_config(t_total, k, c)] if interpreting() else list(DENSE_GPU_CONFIGS)
+        candidates = ([dense_interpreter_config(t_total, k, c)] if interpreting() else
+                      list(dense_gpu_configs(v.dtype, dot_precision(v.dtype, allow_tf32))))
     cands = [asdict(cf) for cf in candidates]
     key = dense_key(t_total, c, k, m, r, v.dtype, allow_tf32)
 

@@ -299,6 +299,7 @@ class TuningCache:
         with self._thread_lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if fcntl is None:  # pragma: no cover
+                self._parsed = None
                 yield
                 return
             with open(self.lock_path, "a+") as lock_file:
