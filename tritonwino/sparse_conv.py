@@ -126,4 +126,4 @@ def sparse_winograd_conv2d(
 
 
 # Modules live in tritonwino.modules; re-exported here because this is the public entry point.
-from .modules import SparseWinogradConv2d, convert, ineligible_reason  # noqa: E402
+from .modules import SparseWinogradConv2d, convert  # noqa: E402
