@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 OUT ?= out/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint compile-check clean
+.PHONY: setup demo test compile-check clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,7 +31,7 @@ test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 compile-check: setup
-	TRITON_DEFAULT_FP_FUSION=1 $(BIN)/tritonwino compile-check
+	$(BIN)/tritonwino compile-check --jobs 2 --no-progress
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info
