@@ -123,3 +123,17 @@ def test_device_mismatch_is_refused():
     meta_w = torch.randn(4, 3, 3, 3, device="meta")
     with pytest.raises(ValueError, match="same device"):
         winograd_conv2d(torch.randn(1, 3, 8, 8), meta_w, None, 1, 4, backend="torch")
+
+
+def test_autograd_goes_through_torch_path_or_is_refused():
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    y = winograd_conv2d(x, w, None, 1, 4, backend="auto")  # CPU + grad: the differentiable torch path
+    y.sum().backward()
+    ref_x = x.detach().clone().requires_grad_()
+    F.conv2d(ref_x, w.detach(), padding=1).sum().backward()
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-4)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        winograd_conv2d(x, w, None, 1, 4, backend="triton")
+    with torch.no_grad():
+        assert winograd_conv2d(x, w, None, 1, 4, backend="triton").shape == (1, 4, 8, 8)

@@ -28,11 +28,19 @@ __all__ = [
 BACKENDS = ("auto", "triton", "torch")
 
 
-def resolve_backend(backend: str, x: torch.Tensor) -> str:
+def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None) -> str:
+    """The path to run. The Triton kernels have no backward, so when autograd needs gradients
+    ``"auto"`` takes the differentiable torch path and ``"triton"`` refuses instead of silently
+    returning a result without a gradient."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, *params))
     if backend == "auto":
-        return "triton" if x.is_cuda else "torch"
+        return "triton" if x.is_cuda and not needs_grad else "torch"
+    if backend == "triton" and needs_grad:
+        raise RuntimeError("backend='triton' is inference-only (no backward): run under torch.no_grad() / "
+                           "inference_mode, or use backend='torch' (or 'auto') to train")
     return backend
 
 
@@ -65,7 +73,7 @@ def winograd_conv2d(
     _checks.check_same_device(x=x, weight=weight, bias=bias)
     pad = _checks.check_padding(padding)
     pts = normalize_points(m, r, points)
-    be = resolve_backend(backend, x)
+    be = resolve_backend(backend, x, weight, bias)
     if be == "torch":
         return reference.winograd_conv2d(x, weight, bias, pad, m, pts, relu)
 
@@ -107,7 +115,7 @@ def sparse_winograd_conv2d(
     _checks.check_bias(bias, packed.K)
     _checks.check_same_device(x=x, packed=packed.values, bias=bias)
     pad = _checks.check_padding(padding)
-    be = resolve_backend(backend, x)
+    be = resolve_backend(backend, x, bias)
     if be == "torch":
         return reference.sparse_winograd_conv2d(x, packed, bias, pad, relu)
 
