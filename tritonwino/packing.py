@@ -248,3 +248,8 @@ def pack_winograd_weight(
         points=tuple(str(p) for p in pts),
     )
     return packed
+
+
+# Plain `torch.load(path)` (weights_only=True, the default since torch 2.6) may rebuild packed
+# weights: the class holds only tensors, ints, strings and tuples.
+torch.serialization.add_safe_globals([PackedWinogradWeight])
