@@ -198,11 +198,14 @@ def test_pack_bad_input(q, kwargs, exc, match):
         pack_winograd_weight(q, **kwargs)
 
 
-def test_tampered_packed_weight_is_refused():
+def test_tampered_packed_weight_is_refused(tmp_path):
     p = pack_winograd_weight(torch.ones(16, 8, 4, 4), (16, 1), r=3)
     p.indices[0] = 8  # beyond C
     with pytest.raises(ValueError, match="outside"):
         p.validate()
+    torch.save(p, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="outside"):
+        torch.load(tmp_path / "bad.pt")
 
 
 def test_sparse_conv_bad_inputs():

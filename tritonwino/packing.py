@@ -144,6 +144,11 @@ class PackedWinogradWeight:
         state["_cast_cache"] = {}
         return state
 
+    def __setstate__(self, state):
+        # A loaded file is untrusted input: check it before a kernel could index out of bounds.
+        self.__dict__.update(state)
+        self.validate()
+
     def validate(self) -> None:
         """Check internal consistency; raises ValueError before any kernel could read out of bounds."""
         pg = self.P * self.G
