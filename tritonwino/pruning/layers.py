@@ -1,0 +1,259 @@
+"""``WinogradConv2d``: a trainable Winograd-domain convolution (parameter Q), and model conversion.
+
+The layer is the authors' "Winograd layer" [code ``WinogradPruning/newLayers/Winograd2d.py``]:
+parameters are Q ∈ R^{K×C×n×n}, initialised from a spatial conv as ``Q = G W Gᵀ``
+(``load_state_normal``); positions that spatial pruning zeroed start at exactly 0. The forward
+runs the library's own pure-torch Winograd path (``reference.winograd_conv2d_q``), which is
+differentiable in Q.
+
+Every layer remembers its (m, r, points). They are saved in the ``state_dict`` (``_extra_state``)
+and loading a Q built with a different tile or point set raises ``ValueError`` [ours].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+from torch import nn
+
+from .. import _checks
+from ..reference import winograd_conv2d_q
+from ..transforms import normalize_points, tile_size
+from .helpers import points_key, position_support, winograd_weight
+
+__all__ = ["WinogradConv2d", "WinogradWeight", "convert_to_winograd", "eligible_convs"]
+
+
+@dataclass(frozen=True)
+class WinogradWeight:
+    """A finalized Winograd-domain weight: what ``pack_winograd_weight(q, block, r, points)`` takes.
+
+    ``q`` (K, C, n, n) has exact zeros at every pruned entry; ``m, r, points`` are those it was
+    built with; ``bias`` and ``padding`` come from the layer.
+    """
+
+    q: torch.Tensor
+    m: int
+    r: int
+    points: tuple[Fraction, ...]
+    bias: torch.Tensor | None
+    padding: tuple[int, int]
+
+    @property
+    def sparsity(self) -> float:
+        return float((self.q == 0).sum()) / self.q.numel()
+
+
+class WinogradConv2d(nn.Module):
+    """Conv2d (stride 1, dilation 1, groups 1) whose trainable weight lives in the Winograd domain.
+
+    Attributes: ``q`` (Parameter, (K, C, n, n)), ``bias`` (Parameter or None), ``mask`` (bool
+    buffer, True = kept), ``m``, ``r``, ``points`` (tuple of ``Fraction``), ``padding``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        padding: int | tuple[int, int] = 0,
+        bias: bool = True,
+        m: int = 4,
+        points: Sequence[object] | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels),
+                        ("kernel_size", kernel_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.r = kernel_size
+        self.m = m
+        self.points = normalize_points(m, kernel_size, points)
+        self.padding = _checks.check_padding(padding)
+        n = tile_size(m, kernel_size)
+        self.n = n
+        w = torch.empty(out_channels, in_channels, kernel_size, kernel_size, dtype=torch.float64)
+        nn.init.kaiming_uniform_(w, a=5 ** 0.5)
+        self.q = nn.Parameter(winograd_weight(w, m, self.points).to(dtype=dtype, device=device))
+        if bias:
+            bound = 1 / (in_channels * kernel_size * kernel_size) ** 0.5
+            self.bias = nn.Parameter(torch.empty(out_channels, dtype=dtype, device=device).uniform_(-bound, bound))
+        else:
+            self.register_parameter("bias", None)
+        self.register_buffer("mask", torch.ones(out_channels, in_channels, n, n, dtype=torch.bool, device=device))
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_conv2d(
+        cls,
+        conv: nn.Conv2d,
+        m: int = 4,
+        points: Sequence[object] | None = None,
+        spatial_mask: torch.Tensor | None = None,
+    ) -> WinogradConv2d:
+        """Build from an ``nn.Conv2d``: ``Q = G (W ⊙ spatial_mask) Gᵀ`` in float64, then cast.
+
+        ``spatial_mask`` defaults to the conv's ``spatial_mask`` buffer if spatial pruning attached
+        one. Entries of Q that are exactly zero start pruned (mask False) [code: they start at 0].
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+        reason = _ineligible_reason(conv)
+        if reason:
+            raise ValueError(f"cannot convert {conv}: {reason}")
+        k, c, r, _ = conv.weight.shape
+        layer = cls(c, k, r, conv.padding, conv.bias is not None, m, points,
+                    dtype=conv.weight.dtype, device=conv.weight.device)
+        w = conv.weight.detach()
+        if spatial_mask is None:
+            spatial_mask = getattr(conv, "spatial_mask", None)
+        if spatial_mask is not None:
+            w = w * spatial_mask.to(w.dtype)
+        q64 = winograd_weight(w, m, layer.points)
+        with torch.no_grad():
+            layer.q.copy_(q64.to(layer.q.dtype))
+            layer.mask.copy_(layer.q != 0)
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias.detach())
+        return layer
+
+    @classmethod
+    def from_q(
+        cls,
+        q: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        padding: int | tuple[int, int] = 0,
+        m: int = 4,
+        r: int = 3,
+        points: Sequence[object] | None = None,
+    ) -> WinogradConv2d:
+        """Build from a Winograd-domain weight ``q`` (K, C, n, n) that was built with (m, r, points)."""
+        n = tile_size(m, r)
+        if not isinstance(q, torch.Tensor) or q.dim() != 4 or q.shape[2:] != (n, n):
+            raise ValueError(f"q must be a (K, C, {n}, {n}) tensor for F({m},{r})")
+        k, c = q.shape[:2]
+        layer = cls(c, k, r, padding, bias is not None, m, points, dtype=q.dtype, device=q.device)
+        with torch.no_grad():
+            layer.q.copy_(q)
+            layer.mask.copy_(q != 0)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return winograd_conv2d_q(x, self.q, self.bias, self.padding, self.m, self.r, self.points)
+
+    # -- pruning support ----------------------------------------------------------------------
+    @torch.no_grad()
+    def apply_mask(self) -> None:
+        """Re-zero pruned entries of Q (the authors' ``mask.apply()``)."""
+        self.q.mul_(self.mask.to(self.q.dtype))
+
+    def finalize(self) -> WinogradWeight:
+        """Make pruning permanent and return the packer's input (exact zeros at pruned entries)."""
+        self.apply_mask()
+        q = self.q.detach().clone()
+        b = None if self.bias is None else self.bias.detach().clone()
+        return WinogradWeight(q, self.m, self.r, self.points, b, self.padding)
+
+    def spatial_mask_of(self) -> torch.Tensor:
+        raise ValueError(
+            "a Winograd-direct layer has no spatial weight, so its mask has no spatial-domain form; "
+            "export it in the Winograd domain"
+        )
+
+    def support(self) -> torch.Tensor:
+        return position_support(self.m, self.r, self.points)
+
+    # -- state_dict: remember the tile and the points -----------------------------------------
+    def get_extra_state(self) -> dict:
+        return {"m": self.m, "r": self.r, "points": list(points_key(self.m, self.r, self.points))}
+
+    def set_extra_state(self, state: dict) -> None:
+        if not isinstance(state, dict) or not {"m", "r", "points"} <= set(state):
+            raise ValueError(f"bad WinogradConv2d extra state: {state!r}")
+        mine = self.get_extra_state()
+        if (state["m"], state["r"], list(state["points"])) != (mine["m"], mine["r"], mine["points"]):
+            raise ValueError(
+                f"this state_dict holds Q built for F({state['m']},{state['r']}) with points "
+                f"{state['points']}, but the layer is F({self.m},{self.r}) with points {mine['points']}; "
+                "a Q built with one point set cannot run with another"
+            )
+
+    def extra_repr(self) -> str:
+        pts = ", ".join(points_key(self.m, self.r, self.points))
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.r}, padding={self.padding}, "
+                f"bias={self.bias is not None}, F({self.m},{self.r}), points=({pts})")
+
+
+def _ineligible_reason(conv: nn.Conv2d, r: int | None = None) -> str | None:
+    kh, kw = conv.kernel_size
+    if kh != kw:
+        return f"kernel {kh}x{kw} is not square"
+    if kh % 2 == 0 or kh == 1:
+        return f"kernel {kh}x{kw}: only odd kernels >= 3 are eligible"
+    if r is not None and kh != r:
+        return f"kernel {kh}x{kw} is not {r}x{r}"
+    if tuple(conv.stride) != (1, 1):
+        return f"stride {conv.stride} (Winograd needs stride 1)"
+    if tuple(conv.dilation) != (1, 1):
+        return f"dilation {conv.dilation}"
+    if conv.groups != 1:
+        return f"groups={conv.groups}"
+    if isinstance(conv.padding, str):
+        return f"string padding {conv.padding!r}"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r}"
+    return None
+
+
+def eligible_convs(model: nn.Module, r: int | None = None, kinds: tuple = (nn.Conv2d,)) -> dict[str, nn.Module]:
+    """Named modules of type ``kinds`` that a Winograd F(m, r) can run (in module order)."""
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, WinogradConv2d) and WinogradConv2d in kinds:
+            if r is None or mod.r == r:
+                out[name] = mod
+        elif isinstance(mod, nn.Conv2d) and nn.Conv2d in kinds and _ineligible_reason(mod, r) is None:
+            out[name] = mod
+    return out
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent = model
+    *path, last = name.split(".")
+    for p in path:
+        parent = getattr(parent, p)
+    setattr(parent, last, new)
+
+
+def convert_to_winograd(
+    model: nn.Module,
+    m: int = 4,
+    points: Sequence[object] | None = None,
+    r: int = 3,
+    filter_fn: Callable[[str, nn.Conv2d], bool] | None = None,
+) -> dict[str, WinogradConv2d]:
+    """Swap every eligible r×r ``nn.Conv2d`` of ``model`` (in place) for a ``WinogradConv2d``.
+
+    Spatial masks attached by :class:`SpatialPruner` carry over as exact zeros of Q. Returns the
+    new layers by name. ``filter_fn(name, conv)`` may exclude layers.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    convs = eligible_convs(model, r)
+    out = {}
+    for name, conv in convs.items():
+        if filter_fn is not None and not filter_fn(name, conv):
+            continue
+        layer = WinogradConv2d.from_conv2d(conv, m=m, points=points)
+        _set_module(model, name, layer)
+        out[name] = layer
+    return out

@@ -1,0 +1,560 @@
+"""Autotune the Triton kernels of a model's layers for this GPU and store the winners.
+
+What gets tuned: for every 3x3 (odd r×r) stride-1 layer and every --batch, the dense
+Winograd-domain GEMM ("winograd_gemm") and the sparse one ("sparse_winograd_gemm"), through
+tritonwino.autotune.dense_config / sparse_config, which time every candidate launch config and
+write the fastest into the tuning cache of this GPU and Triton version (see `tritonwino info` for
+its path; $TRITONWINO_CACHE_DIR moves it). Layers that share a tuning key are tuned once. Later
+runs of the model, in any process, read the cache instead of re-timing.
+
+Which layers (pick one):
+  --arch resnet18|vgg16|small-vgg  a built-in architecture with random Winograd-domain masks of
+                                   --sparsity at the --block granularity and --tile
+  --model PATH                     a torch.save()d whole model: its SparseWinogradConv2d layers
+                                   (or, if it has none, its eligible Conv2d layers packed at --tile
+                                   and --block with their own zeros as the sparsity)
+  --shapes C:K:H[:W] ...           explicit layer shapes (3x3, padding 1), random masks as --arch
+
+Without a CUDA GPU there is nothing to tune for the Triton kernels (under the interpreter they
+run one fixed config). `tune` then says so, times the CPU paths of every layer instead (F.conv2d
+vs dense vs sparse Winograd, pure torch) and stores each layer's CPU dispatch timings and the
+fastest path in the cache under the kernel name "cpu_dispatch".
+
+Examples:
+  tritonwino tune --arch resnet18 --sparsity 0.8 --block 16x1 --tile 4 --batch 1 8 32
+  tritonwino tune --model pruned_converted.pt --input-size 32 --batch 8 --out tune-results/
+  tritonwino tune --shapes 64:64:56 128:128:28 --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import _checks, reference, tuning
+from .benchmark import environment, time_ms, write_rows
+from .modules import SparseWinogradConv2d, ineligible_reason
+from .packing import PackedWinogradWeight, pack_winograd_weight
+from .reference import tile_grid
+from .sparse_conv import sparse_winograd_conv2d
+
+CPU_DISPATCH_KERNEL = "cpu_dispatch"
+ARCHS = ("resnet18", "vgg16", "small-vgg")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# (default input size, input channels) per architecture: the sizes the models are meant for.
+ARCH_INPUT = {"resnet18": (224, 3), "vgg16": (224, 3), "small-vgg": (28, 1)}
+
+
+@dataclass
+class Layer:
+    """One convolution to tune: its input shape (without batch) and its packed weight."""
+
+    name: str
+    c: int
+    k: int
+    h: int
+    w: int
+    padding: tuple[int, int]
+    packed: PackedWinogradWeight
+
+    @property
+    def m(self) -> int:
+        return self.packed.m
+
+    @property
+    def r(self) -> int:
+        return self.packed.r
+
+    def tiles(self, batch: int) -> int:
+        """T of the Winograd GEMMs at this batch size (it is what the tuning keys bucket)."""
+        ho, wo = _checks.output_size(self.h, self.w, self.r, self.padding)
+        th, tw = tile_grid(ho, wo, self.m)
+        return batch * th * tw
+
+
+@dataclass
+class Job:
+    """One tuning key and the layers that share it."""
+
+    kernel: str
+    key: str
+    batch: int
+    layer: Layer
+    layers: list[str]
+    candidates: int
+
+
+# --------------------------------------------------------------------------------------------
+# argument parsing
+# --------------------------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("which layers (exactly one)")
+    src.add_argument("--arch", choices=ARCHS, default=None,
+                     help="built-in architecture; its layers get random Winograd-domain masks of --sparsity")
+    src.add_argument("--model", default=None, metavar="PATH",
+                     help="a whole model saved with torch.save(model, PATH), e.g. the output of convert()")
+    src.add_argument("--shapes", nargs="+", default=None, metavar="C:K:H[:W]",
+                     help="layer shapes: in channels, out channels, input height (and width); 3x3, padding 1")
+    pr = p.add_argument_group("pruning pattern for --arch / --shapes (and for --model layers not yet converted)")
+    pr.add_argument("--sparsity", type=float, default=0.75,
+                    help="Winograd-domain sparsity of the random masks, in [0, 1) (default 0.75)")
+    pr.add_argument("--block", default="16x1", metavar="BKxBC",
+                    help="mask granularity (bk, bc): 1x1, 16x1, 32x1, 64x1 or blocks like 16x16 (default 16x1)")
+    pr.add_argument("--tile", type=int, default=4, metavar="M", help="output tile m of F(m, 3) (default 4)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], metavar="N",
+                   help="batch sizes you will run (each bucket of T is its own key; default 1), e.g. 1 8 32")
+    p.add_argument("--input-size", type=int, default=None, metavar="HW",
+                   help="input height=width for --arch/--model (default 224 for resnet18/vgg16 and "
+                        "--model, 28 for small-vgg)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="input dtype (default float16 on a GPU, float32 on CPU)")
+    p.add_argument("--allow-tf32", action="store_true", help="tune fp32 GEMMs with TF32 tensor cores (GPU)")
+    p.add_argument("--force", action="store_true", help="re-time keys that already have a cached winner")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the layers, tuning keys and candidate counts, then stop without timing anything")
+    p.add_argument("--reps", type=int, default=5,
+                   help="minimum timed repeats per path on CPU (median over at least 0.1 s of them; default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and masks")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="also write the result rows as DIR/tune_<cuda|cpu>.csv and .json (plan_*.csv with --dry-run)")
+    p.add_argument("--interpreter", action="store_true",
+                   help="no GPU but TRITON_INTERPRET=1: run the Triton tuning loop under the interpreter with two "
+                        "tiny configs, to check the machinery (the timings say nothing about GPU speed)")
+
+
+def _parse_block(text: str) -> tuple[int, int]:
+    try:
+        bk, bc = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"tritonwino tune: --block expects BKxBC such as 16x1, got {text!r}") from None
+    return bk, bc
+
+
+def _parse_shapes(items: list[str]) -> list[tuple[int, int, int, int]]:
+    out = []
+    for it in items:
+        parts = it.split(":")
+        try:
+            vals = [int(v) for v in parts]
+        except ValueError:
+            vals = []
+        if len(vals) not in (3, 4) or min(vals) < 1:
+            raise SystemExit(f"tritonwino tune: --shapes expects C:K:H or C:K:H:W with positive ints "
+                             f"(e.g. 64:64:56), got {it!r}")
+        c, k, h = vals[:3]
+        out.append((c, k, h, vals[3] if len(vals) == 4 else h))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# building the layer list
+# --------------------------------------------------------------------------------------------
+
+def random_pruned_q(weight: torch.Tensor, m: int, sparsity: float, block: tuple[int, int],
+                    gen: torch.Generator) -> torch.Tensor:
+    """Q = G W Gᵀ of ``weight`` with a random mask of ``sparsity`` at the (bk, bc) granularity.
+
+    Tuning keys depend on the pattern only through its density, so a random mask of the right
+    granularity stands in for a real pruning run.
+    """
+    k, c, r, _ = weight.shape
+    n = m + r - 1
+    q = reference.winograd_weight(weight.detach().double(), m)
+    bk, bc = block
+    keep = torch.rand(math.ceil(k / bk), math.ceil(c / bc), n, n, generator=gen) >= sparsity
+    keep = keep.repeat_interleave(bk, 0)[:k].repeat_interleave(bc, 1)[:, :c]
+    return q * keep
+
+
+def _pack(q: torch.Tensor, block: tuple[int, int], r: int = 3) -> PackedWinogradWeight:
+    try:
+        return pack_winograd_weight(q, block, r=r, dtype=torch.float32)
+    except ValueError as e:
+        raise SystemExit(f"tritonwino tune: {e}") from None
+
+
+def _input_shapes(model: nn.Module, names: list[str], size: int, in_channels: int) -> dict[str, tuple]:
+    """Input shape of each named module, from one batch-1 forward pass on CPU."""
+    shapes: dict[str, tuple] = {}
+    mods = dict(model.named_modules())
+    hooks = [mods[n].register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, tuple(i[0].shape)))
+             for n in names]
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, in_channels, size, size))
+    except Exception as e:  # noqa: BLE001 - any failure here means the input size does not fit
+        raise SystemExit(f"tritonwino tune: a {in_channels}x{size}x{size} input does not run through the "
+                         f"model ({type(e).__name__}: {e}); pass the right --input-size") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _first_in_channels(model: nn.Module) -> int:
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d | SparseWinogradConv2d):
+            return int(mod.in_channels)
+    raise SystemExit("tritonwino tune: the model has no convolution layers")
+
+
+def _build_model(arch: str) -> nn.Module:
+    from .models import SmallVGG, resnet18_max, vgg16
+
+    if arch == "resnet18":
+        return resnet18_max()
+    if arch == "vgg16":
+        return vgg16()
+    return SmallVGG()
+
+
+def layers_from_arch(arch: str, size: int, sparsity: float, block: tuple[int, int], m: int,
+                     gen: torch.Generator) -> list[Layer]:
+    model = _build_model(arch)
+    convs = {n: mod for n, mod in model.named_modules()
+             if isinstance(mod, nn.Conv2d) and ineligible_reason(mod) is None}
+    shapes = _input_shapes(model, list(convs), size, ARCH_INPUT[arch][1])
+    layers = []
+    for name, conv in convs.items():
+        _, c, h, w = shapes[name]
+        q = random_pruned_q(conv.weight, m, sparsity, block, gen)
+        packed = _pack(q, block, conv.kernel_size[0])
+        layers.append(Layer(name, c, conv.out_channels, h, w, tuple(conv.padding), packed))
+    return layers
+
+
+def layers_from_model(path: str, size: int, block: tuple[int, int], m: int) -> tuple[list[Layer], str]:
+    """Layers of a saved model and a note on where their sparsity came from."""
+    if not Path(path).is_file():
+        raise SystemExit(f"tritonwino tune: --model {path}: no such file")
+    try:
+        # A whole pickled model (not a state_dict): this needs weights_only=False, so only load
+        # files you trust, exactly as with torch.load itself.
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - report any unpickling failure as bad input
+        raise SystemExit(f"tritonwino tune: could not load {path} with torch.load: {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        hint = (" (it looks like a state_dict: save the whole model with torch.save(model, PATH))"
+                if isinstance(model, dict) else "")
+        raise SystemExit(f"tritonwino tune: {path} holds a {type(model).__name__}, not an nn.Module{hint}")
+    sparse = {n: mod for n, mod in model.named_modules() if isinstance(mod, SparseWinogradConv2d)}
+    if sparse:
+        note = f"{len(sparse)} SparseWinogradConv2d layers (their packed weights)"
+        targets: dict[str, nn.Module] = sparse
+    else:
+        targets = {n: mod for n, mod in model.named_modules()
+                   if isinstance(mod, nn.Conv2d) and ineligible_reason(mod) is None}
+        if not targets:
+            raise SystemExit(f"tritonwino tune: {path} has no SparseWinogradConv2d and no eligible Conv2d layer "
+                             "(odd square kernel > 1, stride 1, dilation 1, groups 1)")
+        note = (f"no SparseWinogradConv2d layers: {len(targets)} eligible Conv2d layers packed at "
+                f"F({m},3) block {block[0]}x{block[1]}, sparsity = their exact Winograd-domain zeros")
+    shapes = _input_shapes(model, list(targets), size, _first_in_channels(model))
+    layers = []
+    for name, mod in targets.items():
+        if name not in shapes:  # a module the forward pass never reached
+            continue
+        _, c, h, w = shapes[name]
+        if isinstance(mod, SparseWinogradConv2d):
+            packed = mod.packed.to("cpu")
+            layers.append(Layer(name, c, packed.K, h, w, tuple(mod.padding), packed))
+        else:
+            q = reference.winograd_weight(mod.weight.detach().double(), m)
+            layers.append(Layer(name, c, mod.out_channels, h, w, tuple(mod.padding),
+                                _pack(q, block, mod.kernel_size[0])))
+    return layers, note
+
+
+def layers_from_shapes(shapes: list[tuple[int, int, int, int]], sparsity: float, block: tuple[int, int], m: int,
+                       gen: torch.Generator) -> list[Layer]:
+    layers = []
+    for c, k, h, w in shapes:
+        weight = torch.randn(k, c, 3, 3, generator=gen) / math.sqrt(9 * c)
+        q = random_pruned_q(weight, m, sparsity, block, gen)
+        layers.append(Layer(f"{c}:{k}:{h}x{w}", c, k, h, w, (1, 1), _pack(q, block)))
+    return layers
+
+
+# --------------------------------------------------------------------------------------------
+# keys
+# --------------------------------------------------------------------------------------------
+
+def cpu_dispatch_key(batch: int, c: int, k: int, h: int, w: int, padding: tuple[int, int],
+                     packed: PackedWinogradWeight, dtype: torch.dtype, threads: int | None = None) -> str:
+    """Key of a "cpu_dispatch" cache entry. CPU times depend on the exact spatial size and on the
+    thread count, so both are in the key; the batch is bucketed like the GPU keys."""
+    return tuning.make_key(N=tuning.shape_bucket(batch), C=c, K=k, H=h, W=w, pad=padding,
+                           tile=(packed.m, packed.r), block=packed.block, sig=packed.sparsity_signature,
+                           dtype=dtype, threads=threads if threads is not None else torch.get_num_threads())
+
+
+def _dedup(jobs: list[Job]) -> list[Job]:
+    by_key: dict[tuple[str, str], Job] = {}
+    for j in jobs:
+        first = by_key.setdefault((j.kernel, j.key), j)
+        if first is not j:
+            first.layers.append(j.layers[0])
+    return list(by_key.values())
+
+
+def triton_jobs(layers: list[Layer], batches: list[int], dtype: torch.dtype, allow_tf32: bool) -> list[Job]:
+    """One job per distinct (kernel, key), with the candidate count a GPU would time."""
+    from . import autotune
+    from .kernels._common import dot_precision
+    from .kernels.sparse_winograd_gemm import gpu_configs as sparse_gpu_configs
+    from .kernels.winograd_gemm import gpu_configs as dense_gpu_configs
+
+    opd = _checks.operand_dtype(dtype)
+    prec = dot_precision(opd, allow_tf32)
+    jobs = []
+    for nb in batches:
+        for layer in layers:
+            t = layer.tiles(nb)
+            jobs.append(Job(autotune.DENSE_KERNEL,
+                            autotune.dense_key(t, layer.c, layer.k, layer.m, layer.r, opd, allow_tf32),
+                            nb, layer, [layer.name], len(dense_gpu_configs(opd, prec))))
+            jobs.append(Job(autotune.SPARSE_KERNEL, autotune.sparse_key(t, layer.packed, opd, allow_tf32),
+                            nb, layer, [layer.name], len(sparse_gpu_configs(opd, prec, layer.packed.group_k))))
+    return _dedup(jobs)
+
+
+def cpu_jobs(layers: list[Layer], batches: list[int], dtype: torch.dtype) -> list[Job]:
+    jobs = [Job(CPU_DISPATCH_KERNEL, cpu_dispatch_key(nb, L.c, L.k, L.h, L.w, L.padding, L.packed, dtype),
+                nb, L, [L.name], 3)
+            for nb in batches for L in layers]
+    return _dedup(jobs)
+
+
+# --------------------------------------------------------------------------------------------
+# tuning
+# --------------------------------------------------------------------------------------------
+
+def _interpreter_candidates(job: Job):
+    """Two configs the interpreter can run quickly: enough to exercise the timing and cache
+    writing of the Triton tuning loop on a machine without a GPU (the timings mean nothing)."""
+    from . import autotune
+    from .kernels.sparse_winograd_gemm import interpreter_config as sparse_ic
+    from .kernels.winograd_gemm import interpreter_config as dense_ic
+
+    t = job.layer.tiles(job.batch)
+    base = sparse_ic(t) if job.kernel == autotune.SPARSE_KERNEL else dense_ic(t, job.layer.k, job.layer.c)
+    # num_warps does not change what the interpreter computes, so the variant is always valid.
+    return [base, type(base)(**{**asdict(base), "num_warps": 2 if base.num_warps != 2 else 4})]
+
+
+def tune_triton_job(job: Job, device: torch.device, dtype: torch.dtype, allow_tf32: bool, force: bool,
+                    candidates_fn: Callable[[Job], list] | None = None) -> dict:
+    """Tune one (kernel, key) through tritonwino.autotune (which writes the cache); returns a row."""
+    from . import _pipeline, autotune
+    from .kernels.input_transform import input_transform
+
+    layer = job.layer
+    gen = torch.Generator().manual_seed(job.batch)
+    x = torch.randn(job.batch, layer.c, layer.h, layer.w, generator=gen).to(device=device, dtype=dtype)
+    opd = _checks.operand_dtype(dtype)
+    pts = layer.packed.points_fractions()
+    n = layer.m + layer.r - 1
+    kb, _ = _pipeline.kron_padded(layer.m, layer.r, pts, device)
+    ho, wo = _checks.output_size(layer.h, layer.w, layer.r, layer.padding)
+    v = input_transform(x, kb, n, layer.m, layer.padding, tile_grid(ho, wo, layer.m), opd)
+    candidates = candidates_fn(job) if candidates_fn is not None else None
+    n_candidates = len(candidates) if candidates is not None else job.candidates
+    cache = tuning.get_cache()
+    was_cached = not force and cache.get_entry(job.kernel, job.key) is not None
+    t0 = time.perf_counter()
+    if job.kernel == autotune.SPARSE_KERNEL:
+        packed = layer.packed.to(device)
+        cfg = autotune.sparse_config(v, packed, packed.values_as(opd), allow_tf32, candidates, force)
+    else:
+        q_pck = layer.packed.unpack().permute(2, 3, 1, 0).reshape(n * n, layer.c, layer.k)
+        cfg = autotune.dense_config(v, q_pck.to(device=device, dtype=opd).contiguous(), layer.m, layer.r,
+                                    allow_tf32, candidates, force)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    entry = cache.get_entry(job.kernel, job.key) or {}
+    winner = tuning.config_label(asdict(cfg))
+    timings = entry.get("timings", {})
+    best_ms = timings.get(winner)
+    return {"kernel": job.kernel, "key": job.key, "layers": " ".join(job.layers), "N": job.batch,
+            "C": layer.c, "K": layer.k, "H": layer.h, "W": layer.w, "tile": f"F({layer.m},{layer.r})",
+            "block": f"{layer.packed.block[0]}x{layer.packed.block[1]}", "kept_slots": layer.packed.density,
+            "candidates": n_candidates, "winner": winner, "best_ms": best_ms,
+            "configs_timed": len(timings), "configs_failed": len(entry.get("errors", {})),
+            "status": "cached" if was_cached else ("tuned" if timings else "single config, not timed"),
+            "tune_s": seconds, "dtype": str(dtype).removeprefix("torch."), "allow_tf32": allow_tf32}
+
+
+def time_cpu_job(job: Job, dtype: torch.dtype, reps: int) -> dict:
+    """Time F.conv2d, the dense and the sparse torch Winograd paths for one layer on CPU and store
+    the dispatch timings in the cache; returns a row."""
+    layer = job.layer
+    gen = torch.Generator().manual_seed(job.batch)
+    x = torch.randn(job.batch, layer.c, layer.h, layer.w, generator=gen).to(dtype)
+    # Times do not depend on values, so a random spatial weight stands in for the conv2d baseline.
+    w = (torch.randn(layer.k, layer.c, layer.r, layer.r, generator=gen) / math.sqrt(9 * layer.c)).to(dtype)
+    n = layer.m + layer.r - 1
+    pts = layer.packed.points_fractions()
+    # The dense path keeps its weight position-major, as a deployed layer would.
+    q_pck = layer.packed.unpack().permute(2, 3, 0, 1).reshape(n * n, layer.k, layer.c).float().contiguous()
+    packed, pad, m, r = layer.packed, layer.padding, layer.m, layer.r
+    cpu = torch.device("cpu")
+    # At least 0.1 s of repeats per path: sub-millisecond layers then get enough samples for the
+    # median to shrug off a scheduler hiccup on a shared machine.
+    timing = {"warmup": 1, "reps": reps, "min_time_s": 0.1}
+    t0 = time.perf_counter()
+    t_conv = time_ms(lambda: F.conv2d(x, w, padding=pad), cpu, **timing)
+    t_dense = time_ms(lambda: reference.winograd_conv2d_pck(x, q_pck, None, pad, m, r, pts), cpu, **timing)
+    t_sparse = time_ms(lambda: sparse_winograd_conv2d(x, packed, None, pad, backend="torch"), cpu, **timing)
+    seconds = time.perf_counter() - t0
+    ms = {"conv2d": t_conv["ms"], "dense": t_dense["ms"], "sparse": t_sparse["ms"]}
+    best = min(ms, key=ms.__getitem__)
+    config = {"conv2d_ms": ms["conv2d"], "dense_ms": ms["dense"], "sparse_ms": ms["sparse"], "best": best}
+    tuning.get_cache().put(CPU_DISPATCH_KERNEL, job.key, config, ms)
+    return {"kernel": CPU_DISPATCH_KERNEL, "key": job.key, "layers": " ".join(job.layers), "N": job.batch,
+            "C": layer.c, "K": layer.k, "H": layer.h, "W": layer.w, "tile": f"F({m},{r})",
+            "block": f"{packed.block[0]}x{packed.block[1]}", "kept_slots": packed.density,
+            "winograd_sparsity": float((packed.unpack() == 0).float().mean()),
+            "conv2d_ms": ms["conv2d"], "dense_ms": ms["dense"], "sparse_ms": ms["sparse"],
+            "sparse_ms_p20": t_sparse["ms_p20"], "sparse_ms_p80": t_sparse["ms_p80"], "winner": best,
+            "speedup_best_vs_conv2d": ms["conv2d"] / ms[best], "tune_s": seconds,
+            "dtype": str(dtype).removeprefix("torch.")}
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------
+
+def _check_args(args: argparse.Namespace) -> None:
+    chosen = [name for name in ("arch", "model", "shapes") if getattr(args, name)]
+    if len(chosen) != 1:
+        raise SystemExit("tritonwino tune: give exactly one of --arch, --model or --shapes"
+                         + (f" (got {', '.join('--' + c for c in chosen)})" if chosen else ""))
+    if not 0.0 <= args.sparsity < 1.0:
+        raise SystemExit(f"tritonwino tune: --sparsity must be in [0, 1), got {args.sparsity}")
+    if args.tile < 1:
+        raise SystemExit(f"tritonwino tune: --tile must be >= 1, got {args.tile}")
+    if min(args.batch) < 1:
+        raise SystemExit(f"tritonwino tune: --batch sizes must be >= 1, got {args.batch}")
+    if args.input_size is not None and args.input_size < 1:
+        raise SystemExit(f"tritonwino tune: --input-size must be >= 1, got {args.input_size}")
+    if args.reps < 1:
+        raise SystemExit(f"tritonwino tune: --reps must be >= 1, got {args.reps}")
+
+
+def _fmt_ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    block = _parse_block(args.block)
+    gen = torch.Generator().manual_seed(args.seed)
+    cuda = torch.cuda.is_available()
+    interp = bool(args.interpreter) and not cuda
+    if interp and not _interp_enabled():
+        raise SystemExit("tritonwino tune: --interpreter needs TRITON_INTERPRET=1 set before start-up")
+    if args.interpreter and cuda:
+        print("note: --interpreter is ignored: a CUDA GPU is present, so the kernels are tuned on it")
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if cuda else torch.float32)
+
+    t_start = time.perf_counter()
+    if args.arch:
+        size = args.input_size or ARCH_INPUT[args.arch][0]
+        layers = layers_from_arch(args.arch, size, args.sparsity, block, args.tile, gen)
+        source = (f"{args.arch} at {size}x{size}, random masks: sparsity {args.sparsity:g}, "
+                  f"block {args.block}, F({args.tile},3)")
+    elif args.model:
+        layers, note = layers_from_model(args.model, args.input_size or 224, block, args.tile)
+        source = f"{args.model}: {note}"
+    else:
+        layers = layers_from_shapes(_parse_shapes(args.shapes), args.sparsity, block, args.tile, gen)
+        source = f"{len(layers)} layer shapes, random masks: sparsity {args.sparsity:g}, block {args.block}, " \
+                 f"F({args.tile},3)"
+    if not layers:
+        raise SystemExit("tritonwino tune: no layer to tune")
+    print(f"layers: {source}")
+    for L in layers:
+        print(f"  {L.name:<28} C={L.c:<4} K={L.k:<4} {L.h}x{L.w}  F({L.m},{L.r}) block {L.packed.block[0]}x"
+              f"{L.packed.block[1]}  kept channel slots {L.packed.density:.1%}")
+
+    cache = tuning.get_cache()
+    dev_kind = "cuda" if cuda else "cpu"
+    if cuda or interp:
+        jobs = triton_jobs(layers, args.batch, dtype, args.allow_tf32)
+        where = (f"GPU {tuning.device_name()}" if cuda else
+                 "the Triton interpreter: a machinery check with two tiny configs, meaningless timings")
+    else:
+        jobs = cpu_jobs(layers, args.batch, dtype)
+        where = "CPU"
+        print("\nno CUDA GPU: nothing to tune for the Triton kernels on this machine (without a GPU they run "
+              "only under the interpreter, with one fixed config). Timing the CPU paths per layer instead "
+              f"(F.conv2d vs dense vs sparse Winograd, torch, {torch.get_num_threads()} threads) and storing "
+              f"the fastest as '{CPU_DISPATCH_KERNEL}' entries.")
+    print(f"\ntuning cache: {cache.path}")
+
+    if args.dry_run:
+        total = sum(j.candidates for j in jobs)
+        print(f"\ndry run: {len(jobs)} keys on {where}, {total} candidate timings in all "
+              f"(batches {' '.join(map(str, args.batch))}, dtype {str(dtype).removeprefix('torch.')})")
+        plan = []
+        for j in jobs:
+            cached = cache.get_entry(j.kernel, j.key) is not None
+            print(f"  {j.kernel:<22} N={j.batch:<3} {j.candidates:>3} candidates  {'cached ' if cached else ''}"
+                  f"{j.key}  <- {', '.join(j.layers)}")
+            plan.append({"kernel": j.kernel, "key": j.key, "N": j.batch, "layers": " ".join(j.layers),
+                         "candidates": j.candidates, "cached": cached})
+        if not cuda:
+            gpu = triton_jobs(layers, args.batch, torch.float16, args.allow_tf32)
+            print(f"(on a CUDA GPU, float16: {len(gpu)} Triton keys, {sum(j.candidates for j in gpu)} "
+                  "candidate configs to time)")
+        if args.out:
+            csv_path, _ = write_rows(plan, args.out, f"plan_{dev_kind}")
+            print(f"wrote {csv_path}")
+        return 0
+
+    env = environment("cuda" if cuda else "cpu")
+    rows = []
+    candidates_fn = _interpreter_candidates if interp else None
+    bar = tqdm(jobs, desc=f"tuning on {where.split(' (')[0]}", unit="key", file=sys.stderr)
+    for job in bar:
+        bar.set_postfix_str(f"{job.kernel} {job.layer.name} N={job.batch}", refresh=False)
+        if cuda or interp:
+            row = tune_triton_job(job, torch.device("cuda" if cuda else "cpu"), dtype, args.allow_tf32,
+                                  args.force, candidates_fn)
+        else:
+            row = time_cpu_job(job, dtype, args.reps)
+        rows.append({**row, **env})
+    bar.close()
+
+    print(f"\nwinners ({where}):")
+    for r in rows:
+        if r["kernel"] == CPU_DISPATCH_KERNEL:
+            detail = (f"best {r['winner']:<6} | conv2d {_fmt_ms(r['conv2d_ms'])} ms, "
+                      f"dense {_fmt_ms(r['dense_ms'])} ms, sparse {_fmt_ms(r['sparse_ms'])} ms")
+        else:
+            detail = f"{r['winner']}  {_fmt_ms(r['best_ms'])} ms  [{r['status']}]"
+        print(f"  {r['kernel']:<22} N={r['N']:<3} {r['layers']:<28} {detail}  ({r['tune_s']:.2f} s)")
+    print(f"{len(rows)} keys in {time.perf_counter() - t_start:.1f} s; cache {cache.path} now holds "
+          f"{', '.join(f'{k}: {v}' for k, v in cache.summary().items()) or 'nothing'}")
+    if args.out:
+        csv_path, json_path = write_rows(rows, args.out, f"tune_{dev_kind}")
+        print(f"wrote {csv_path} and {json_path}")
+    return 0
+
+
+def _interp_enabled() -> bool:
+    from .kernels._common import interpreting
+
+    return interpreting()
