@@ -26,7 +26,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     wrote = []
     for res in args.results:
-        df = load_rows(res)
+        try:
+            df = load_rows(res)
+        except (OSError, ValueError) as e:  # missing file, bad JSON/CSV: one clear line, no traceback
+            raise SystemExit(f"tritonwino plot: cannot read {res}: {e}") from None
         stem = Path(res).stem
         if df.empty:
             raise SystemExit(f"{res}: no rows")

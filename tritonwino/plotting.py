@@ -64,7 +64,7 @@ def plot_speedup(df: pd.DataFrame, out: str | Path, batch: int | None = None) ->
     shapes = sorted({(int(c), int(h)) for c, h in zip(df["C"], df["H"], strict=True)})
     ncol = min(2, len(shapes))
     nrow = -(-len(shapes) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6.5 * ncol, 4.2 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(max(6.5 * ncol, 9.0), 4.2 * nrow + 0.8), squeeze=False)
     for ax, (c, h) in zip(axes.flat, shapes, strict=False):
         sub = df[(df["C"] == c) & (df["H"] == h)]
         for (tile, path, block), g in sub.groupby(["tile", "path", "block"]):
