@@ -111,7 +111,21 @@ def test_plot_bad_input_fails_clearly(tmp_path):
 
     proc = run_cli("plot", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "p"), cache_dir=tmp_path)
     assert proc.returncode != 0
-    assert "missing.csv" in proc.stderr
+    assert "missing.csv" in proc.stderr and "Traceback" not in proc.stderr
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    proc = run_cli("plot", str(broken), "--out", str(tmp_path / "p"), cache_dir=tmp_path)
+    assert proc.returncode != 0
+    assert "cannot read" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plot_pruning_rows(tmp_path):
+    """The committed pruning results (top-1 in percent) become an accuracy-vs-sparsity plot."""
+    rows = Path(__file__).resolve().parents[1] / "bench" / "results" / "pruning_accuracy.csv"
+    proc = run_cli("plot", str(rows), "--out", str(tmp_path), cache_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    check_png(tmp_path / "pruning_accuracy_accuracy.png")
 
 
 # --------------------------------------------------------------------------------------------

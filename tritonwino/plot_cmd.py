@@ -33,13 +33,16 @@ def run(args: argparse.Namespace) -> int:
         stem = Path(res).stem
         if df.empty:
             raise SystemExit(f"{res}: no rows")
+        if "top1" in df.columns and "accuracy" not in df.columns:  # `tritonwino prune` rows: top-1 in %
+            df = df.assign(accuracy=df["top1"] / 100.0)
+            if {"method", "granularity"} <= set(df.columns):
+                df = df.assign(method=df["method"] + " " + df["granularity"].astype(str))
         if {"sparse_ms", "conv2d_ms", "winograd_sparsity"} <= set(df.columns):
             for b in sorted(df["N"].unique()):
                 wrote.append(plot_speedup(df, out / f"{stem}_speedup_N{int(b)}.png", int(b)))
             wrote.append(plot_memory(df, out / f"{stem}_memory.png"))
         elif {"accuracy", "winograd_sparsity"} <= set(df.columns):
-            by = "method" if "method" in df.columns else None
-            if by is None:
+            if "method" not in df.columns:
                 df = df.assign(method="model")
             wrote.append(plot_accuracy(df, out / f"{stem}_accuracy.png"))
         else:
