@@ -1,0 +1,242 @@
+"""Measured per-layer dispatch for ``SparseWinogradConv2d(backend="auto")``.
+
+For every layer and input-shape bucket (device, dtype, layout, batch rounded up to a power of two,
+H, W) the layer runs one of three paths:
+
+* ``conv2d``  — ``F.conv2d`` (cuDNN / oneDNN) with the spatial weight recovered from Q. Only
+  offered when Q lies in the range of ``W -> G W Gᵀ`` (a spatially pruned layer); a Q pruned in the
+  Winograd domain has no exact spatial equivalent, so conv2d is never offered for it.
+* ``dense``   — dense Winograd with the unpacked Q.
+* ``sparse``  — sparse Winograd with the packed Q.
+
+On a CUDA tensor the Winograd paths are the Triton kernels; on CPU the torch paths (the Triton
+interpreter is never a candidate: it is a test tool, not an execution path). Times are taken once —
+on the first forward of a new bucket or by :func:`tune_model` — and stored in the persistent
+tuning cache (``tritonwino.tuning``, kernel name ``"dispatch"``), so another process with the same
+layer shapes and sparsity bucket reuses them. A Winograd path is chosen only when it beats conv2d
+by more than ``MARGIN``: timing noise must never make a layer slower than conv2d.
+
+Steady state: the layer looks its decision up in a dict keyed by the shape (host-side ints), so
+the forward adds no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from . import tuning
+
+__all__ = [
+    "MARGIN",
+    "Decision",
+    "ExplainTable",
+    "candidates",
+    "decide",
+    "explain",
+    "measuring",
+    "set_measure_on_first_use",
+    "shape_key",
+    "tune_model",
+]
+
+PATHS = ("conv2d", "dense", "sparse")
+KERNEL_NAME = "dispatch"
+# A Winograd path must be this much faster than conv2d to be chosen (relative).
+MARGIN = 0.05
+
+_MEASURE_ON_FIRST_USE = os.environ.get("TRITONWINO_DISPATCH", "measure") != "static"
+_FORCE_MEASURE = False
+
+
+@dataclass
+class Decision:
+    """What a layer runs for one shape bucket, and why."""
+
+    path: str  # conv2d | dense | sparse
+    backend: str  # torch | triton (for conv2d: the library conv2d runs, "torch")
+    source: str  # measured | cache | pinned | static
+    times_ms: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+    def label(self) -> str:
+        return self.path if self.path == "conv2d" else f"{self.path}-winograd/{self.backend}"
+
+
+def set_measure_on_first_use(flag: bool) -> bool:
+    """Turn first-use measurement on or off (off: a static rule, conv2d where it exists, else
+    sparse). Returns the previous setting. Also ``TRITONWINO_DISPATCH=static`` in the environment."""
+    global _MEASURE_ON_FIRST_USE
+    old, _MEASURE_ON_FIRST_USE = _MEASURE_ON_FIRST_USE, bool(flag)
+    return old
+
+
+@contextmanager
+def measuring(force: bool = True):
+    """Inside, every new decision is measured, ignoring the tuning cache (used by tune_model)."""
+    global _FORCE_MEASURE
+    old, _FORCE_MEASURE = _FORCE_MEASURE, force
+    try:
+        yield
+    finally:
+        _FORCE_MEASURE = old
+
+
+def shape_key(x: torch.Tensor) -> tuple:
+    """The bucket a decision is made for: host-side metadata only (no sync)."""
+    nb, _, h, w = x.shape
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return (x.device.type, x.dtype, tuning.shape_bucket(nb), int(h), int(w), cl)
+
+
+def winograd_backend(x: torch.Tensor) -> str:
+    """Triton for CUDA tensors it supports; the torch path otherwise."""
+    return "triton" if x.is_cuda and x.dtype != torch.float64 else "torch"
+
+
+def candidates(layer, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    """The runnable paths for ``layer`` on ``x``: name -> zero-argument callable."""
+    out: dict[str, Callable[[], torch.Tensor]] = {}
+    if layer.spatial_weight() is not None:
+        out["conv2d"] = lambda: layer.run_path(x, "conv2d", "torch")
+    be = winograd_backend(x)
+    out["dense"] = lambda: layer.run_path(x, "dense", be)
+    out["sparse"] = lambda: layer.run_path(x, "sparse", be)
+    return out
+
+
+def _time_interleaved(fns: dict[str, Callable[[], torch.Tensor]], device: torch.device,
+                      rounds: int = 5) -> dict[str, float]:
+    """Median ms per path. On GPU ``do_bench`` per path; on CPU the paths are timed in
+    interleaved rounds so that load from other processes hits every path alike."""
+    with torch.no_grad():
+        if device.type == "cuda":
+            return {name: tuning.do_bench_ms(fn) for name, fn in fns.items()}
+        for fn in fns.values():
+            fn()  # warm-up: caches, oneDNN primitive creation
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def choose(times: dict[str, float]) -> tuple[str, str]:
+    """Pick from measured times: the fastest, but conv2d unless a Winograd path beats it by MARGIN."""
+    best = min(times, key=times.__getitem__)
+    if "conv2d" not in times:
+        return best, f"fastest of {', '.join(sorted(times))} (conv2d not exact for this Q)"
+    if best != "conv2d" and times[best] < times["conv2d"] * (1 - MARGIN):
+        return best, f"{times['conv2d'] / times[best]:.2f}x faster than conv2d"
+    if best != "conv2d":
+        return "conv2d", f"{best} within {MARGIN:.0%} of conv2d: keep conv2d"
+    return "conv2d", "conv2d fastest"
+
+
+def _cache_key(layer, x: torch.Tensor) -> str:
+    dev, dtype, nb, h, w, cl = shape_key(x)
+    p = layer.packed
+    return tuning.make_key(dev=dev, dtype=dtype, n=nb, hw=(h, w), cl=cl, ck=(p.C, p.K), tile=(p.m, p.r),
+                           pad=layer.padding, sig=p.sparsity_signature, exact=layer.spatial_weight() is not None,
+                           pts=",".join(p.points))
+
+
+def decide(layer, x: torch.Tensor) -> Decision:
+    """Decision for ``layer`` (a SparseWinogradConv2d with backend="auto") on input ``x``: from
+    the tuning cache, else measured (first use), else the static rule. May sync; called once per
+    bucket, never in the steady state."""
+    be = winograd_backend(x)
+    exact = layer.spatial_weight() is not None
+    if not (_MEASURE_ON_FIRST_USE or _FORCE_MEASURE):
+        if exact:
+            return Decision("conv2d", "torch", "static", {}, "static rule: conv2d (measurement off)")
+        return Decision("sparse", be, "static", {}, "static rule: no exact spatial weight, sparse Winograd")
+    key = _cache_key(layer, x)
+    cache = tuning.get_cache()
+    if not _FORCE_MEASURE:
+        entry = cache.get_entry(KERNEL_NAME, key)
+        path = entry["config"].get("path") if entry is not None else None
+        if path in PATHS and (exact or path != "conv2d"):
+            times = {k: float(v) for k, v in entry.get("timings", {}).items()}
+            return Decision(path, be if path != "conv2d" else "torch", "cache", times,
+                            entry["config"].get("reason", ""))
+    times = _time_interleaved(candidates(layer, x), x.device)
+    path, reason = choose(times)
+    cache.put(KERNEL_NAME, key, {"path": path, "reason": reason}, times)
+    return Decision(path, be if path != "conv2d" else "torch", "measured", times, reason)
+
+
+# --------------------------------------------------------------------------------------------
+# whole-model helpers
+# --------------------------------------------------------------------------------------------
+def tune_model(model: torch.nn.Module, example_input: torch.Tensor) -> ExplainTable:
+    """Measure every ``auto`` layer of ``model`` on the shapes ``example_input`` produces (the
+    cache is ignored and overwritten), then return :func:`explain`'s table."""
+    from .modules import SparseWinogradConv2d
+
+    for mod in model.modules():
+        if isinstance(mod, SparseWinogradConv2d):
+            mod.reset_dispatch()
+    with measuring(True), torch.inference_mode():
+        model(example_input)
+    return explain(model)
+
+
+class ExplainTable(list):
+    """Rows (dicts) of :func:`explain`; ``str()`` renders a markdown table."""
+
+    COLUMNS = ("layer", "type", "shape", "eligible", "winograd_sparsity", "input", "chosen", "source", "times_ms",
+               "why")
+
+    def __str__(self) -> str:
+        def cell(v) -> str:
+            if isinstance(v, float):
+                return f"{v:.1%}"
+            if isinstance(v, dict):
+                return ", ".join(f"{k} {t:.3g}" for k, t in v.items())
+            return "" if v is None else str(v)
+
+        lines = ["| " + " | ".join(self.COLUMNS) + " |", "|" + "---|" * len(self.COLUMNS)]
+        lines += ["| " + " | ".join(cell(r.get(c)) for c in self.COLUMNS) + " |" for r in self]
+        return "\n".join(lines)
+
+
+def explain(model: torch.nn.Module) -> ExplainTable:
+    """One row per convolution of ``model`` (and per input bucket a converted layer has seen):
+    layer, shape, eligible or why not, Winograd sparsity, the chosen path and the measured times
+    behind the choice. Layers not run yet show ``chosen=None`` (decided on first use)."""
+    from .modules import SparseWinogradConv2d, ineligible_reason
+
+    log = dict(getattr(model, "tritonwino_conversion", []))
+    rows = ExplainTable()
+    for name, mod in model.named_modules():
+        if isinstance(mod, SparseWinogradConv2d):
+            base = {"layer": name, "type": "SparseWinogradConv2d",
+                    "shape": f"{mod.in_channels}->{mod.out_channels} {mod.r}x{mod.r} F({mod.m},{mod.r}) "
+                             f"block={mod.block[0]}x{mod.block[1]}",
+                    "eligible": "converted", "winograd_sparsity": mod.winograd_sparsity()}
+            decisions = mod.dispatch_decisions()
+            if not decisions:
+                rows.append({**base, "input": None, "chosen": None, "source": None, "times_ms": {},
+                             "why": f"backend={mod.backend}; decided on first use"})
+            for key, d in decisions.items():
+                dev, dtype, nb, h, w, cl = key
+                inp = f"{dev} {str(dtype).removeprefix('torch.')} N<={nb} {h}x{w}{' channels_last' if cl else ''}"
+                rows.append({**base, "input": inp, "chosen": d.label(), "source": d.source, "times_ms": d.times_ms,
+                             "why": d.reason})
+        elif isinstance(mod, torch.nn.Conv2d) or type(mod).__name__ == "WinogradConv2d":
+            reason = log.get(name) or ineligible_reason(mod) or "eligible, not converted"
+            w = getattr(mod, "weight", None)
+            shape = "x".join(map(str, w.shape)) if w is not None else type(mod).__name__
+            rows.append({"layer": name, "type": type(mod).__name__, "shape": shape, "eligible": reason,
+                         "winograd_sparsity": None, "input": None, "chosen": "conv2d (not converted)",
+                         "source": None, "times_ms": {}, "why": reason})
+    return rows
