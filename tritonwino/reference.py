@@ -84,9 +84,12 @@ def _kron_filters(m: int, r: int, pts: tuple, dtype: torch.dtype, device: torch.
 
 
 def input_transform(
-    x: torch.Tensor, m: int, r: int, padding: tuple[int, int], points=None
+    x: torch.Tensor, m: int, r: int, padding: tuple[int, int], points=None, zero_row: bool = False
 ) -> torch.Tensor:
-    """``V = Bᵀ X B`` for every tile: returns (P, C, T) in the accumulation dtype, T = N·th·tw."""
+    """``V = Bᵀ X B`` for every tile: returns (P, C, T) in the accumulation dtype, T = N·th·tw.
+
+    ``zero_row=True`` returns (P, C + 1, T) with an all-zero channel C, which the sparse path's
+    padded gathers point at (written in the same copy that lays V out, not a second one)."""
     pts = normalize_points(m, r, points)
     n = tile_size(m, r)
     nb, c, h, w = x.shape
@@ -100,7 +103,12 @@ def input_transform(
     xp = F.pad(x.to(acc), (pw, pw + extra_w, ph, ph + extra_h))
     v = F.conv2d(xp.reshape(nb * c, 1, xp.shape[2], xp.shape[3]), bfilt, stride=m)  # (N*C, P, th, tw)
     v = v.reshape(nb, c, n * n, th * tw).permute(2, 1, 0, 3)
-    return v.reshape(n * n, c, nb * th * tw)
+    if not zero_row:
+        return v.reshape(n * n, c, nb * th * tw)
+    out = v.new_empty((n * n, c + 1, nb, th * tw))
+    out[:, :c].copy_(v)
+    out[:, c].zero_()
+    return out.reshape(n * n, c + 1, nb * th * tw)
 
 
 def winograd_gemm(v: torch.Tensor, q_pck: torch.Tensor) -> torch.Tensor:
@@ -145,7 +153,8 @@ def sparse_winograd_gemm(v: torch.Tensor, packed, operand: torch.dtype | None = 
     g = packed.G
     if idx.shape[1] == 0:
         return v.new_zeros((p, packed.K, t))
-    v_ext = torch.cat([v, v.new_zeros((p, 1, t))], dim=1)
+    # The padding index C must read zeros: use V's own zero row when it has one.
+    v_ext = v if c == packed.C + 1 else torch.cat([v, v.new_zeros((p, 1, t))], dim=1)
     p_of_group = torch.arange(p * g, device=v.device) // g
     gathered = v_ext[p_of_group[:, None], idx]  # (P*G, L, T)
     out = torch.matmul(vals.transpose(1, 2), gathered)  # (P*G, group_k, T)
@@ -166,7 +175,7 @@ def sparse_winograd_conv2d(
     ho, wo = _checks.output_size(h, w, r, pad)
     acc = _checks.accum_dtype(x.dtype)
     opd = _checks.operand_dtype(x.dtype)
-    v = input_transform(x, m, r, pad, pts).to(opd).to(acc)
+    v = input_transform(x, m, r, pad, pts, zero_row=True).to(opd).to(acc)
     mm = sparse_winograd_gemm(v, packed, opd)
     y = output_transform(mm, nb, ho, wo, m, r, pts, bias, relu)
     return _finish(y, x)
