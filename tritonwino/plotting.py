@@ -43,6 +43,21 @@ def _title(df: pd.DataFrame, what: str) -> str:
     return " | ".join(bits)
 
 
+def _save(fig, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _finish_axes(ax, df: pd.DataFrame, ylabel: str, what: str) -> None:
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(_title(df, what), fontsize=9)
+
+
 def break_even(xs: np.ndarray, ys: np.ndarray) -> float | None:
     """Smallest sparsity where the (linearly interpolated) speedup reaches 1.0, or None."""
     order = np.argsort(xs)
@@ -91,11 +106,7 @@ def plot_speedup(df: pd.DataFrame, out: str | Path, batch: int | None = None) ->
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
     fig.suptitle(_title(df, "Sparse Winograd speedup (dotted: break-even)"), fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.96))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_memory(df: pd.DataFrame, out: str | Path) -> Path:
@@ -107,16 +118,9 @@ def plot_memory(df: pd.DataFrame, out: str | Path) -> Path:
                 marker="o", ms=3, label=f"{tile} {block} fp16")
     ax.axhline(1.0, color="k", lw=1)
     ax.set_xlabel("Winograd-domain sparsity (%)")
-    ax.set_ylabel("packed bytes / dense spatial bytes (fp16)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(_title(df, "Packed weight size"), fontsize=9)
+    _finish_axes(ax, df, "packed bytes / dense spatial bytes (fp16)", "Packed weight size")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_accuracy(df: pd.DataFrame, out: str | Path, x: str = "winograd_sparsity", y: str = "accuracy",
@@ -126,13 +130,6 @@ def plot_accuracy(df: pd.DataFrame, out: str | Path, x: str = "winograd_sparsity
         g = g.sort_values(x)
         ax.plot(g[x] * 100, g[y] * 100, marker="o", ms=3, label=str(name))
     ax.set_xlabel("Winograd-domain sparsity of pruned layers (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(_title(df, "Accuracy vs Winograd sparsity"), fontsize=9)
+    _finish_axes(ax, df, "test accuracy (%)", "Accuracy vs Winograd sparsity")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
