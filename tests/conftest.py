@@ -29,6 +29,16 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The suite runs on 2 xdist workers on 2 cores: more torch threads per worker only oversubscribe
+    # (50x stalls measured on the shared machine).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def device():
     return DEVICE

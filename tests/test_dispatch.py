@@ -9,15 +9,6 @@ from tritonwino.packing import pack_winograd_weight
 from tritonwino.pruning import SpatialPruner
 from tritonwino.sparse_conv import SparseWinogradConv2d, convert
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores, 2 xdist workers: more torch threads only oversubscribe (50x stalls measured)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 SYNC_OPS = {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero"}
 
 

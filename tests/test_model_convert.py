@@ -11,15 +11,6 @@ from tritonwino.models import SmallResNet, SmallVGG
 from tritonwino.pruning import SpatialPruner, WinogradPruner, convert_to_winograd
 from tritonwino.sparse_conv import SparseWinogradConv2d, convert
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores, 2 xdist workers: more torch threads only oversubscribe (50x stalls measured)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 # Several F(4,3) fp32 layers in a row: each adds ~1e-6 relative error (tests/_tolerance.py bounds one
 # layer by 2e-5); a wrong mask or channel would give O(1) errors.
 MODEL_RTOL = 1e-4

@@ -17,15 +17,6 @@ from tritonwino.pruning import SpatialPruner, WinogradConv2d
 from tritonwino.sparse_conv import SparseWinogradConv2d, convert
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores, 2 xdist workers: more torch threads only oversubscribe (50x stalls measured)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _pruned_q(k, c, m=4, sparsity=0.75, gen=None):
     """Random Q with a Winograd-domain mask at (16, 1) granularity: per position and group of 16
     output channels, input channels are kept or dropped together."""

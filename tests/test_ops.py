@@ -12,15 +12,6 @@ from tritonwino.pruning import SpatialPruner
 from tritonwino.sparse_conv import SparseWinogradConv2d, convert
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores, 2 xdist workers: more torch threads only oversubscribe (50x stalls measured)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _packed(k=16, c=4, sparsity=0.5, m=4):
     n = m + 2
     q = torch.randn(k, c, n, n, dtype=torch.float64)
