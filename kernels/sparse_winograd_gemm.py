@@ -23,7 +23,7 @@ from .registry import CompileSpec
 def _sparse_winograd_gemm_kernel(
     v_ptr,            # (P, C, T) transformed input
     val_ptr,          # (nnz, BLOCK_K) kept values
-    idx_ptr,          # int32 (nnz,) kept input channels
+    idx_ptr,          # int16 or int32 (nnz,) kept input channels
     off_ptr,          # int32 (P*G + 1) group starts
     m_ptr,            # fp32 (P, K, T)
     C, K, T, G,
@@ -91,11 +91,16 @@ FP32_IEEE_CONFIGS = (
 
 
 def gpu_configs(dtype: torch.dtype, precision: str, group_k: int) -> tuple[SparseGemmConfig, ...]:
-    """The candidates the autotuner may launch (compile-check proves each spill-free)."""
+    """The candidates the autotuner may launch (compile-check proves each spill-free on sm_80/sm_90).
+
+    A 64-wide group with fp32 operands is the register-heaviest case: with IEEE products only the
+    smallest tile fits, and with tf32 the 128-tile/4-warp and 256-tile configs spill on sm_80."""
     if dtype == torch.float32 and precision == "ieee":
-        return FP32_IEEE_CONFIGS
-    if group_k >= 64:  # a 128x64 fp32 accumulator on 4 warps is one register too many on sm_80
-        return tuple(c for c in GPU_CONFIGS if not (c.block_t >= 128 and c.num_warps == 4))
+        return FP32_IEEE_CONFIGS if group_k < 64 else FP32_IEEE_CONFIGS[1:]
+    if group_k >= 64:
+        heavy = dtype == torch.float32
+        return tuple(c for c in GPU_CONFIGS if not (c.block_t >= 128 and c.num_warps == 4)
+                     and not (heavy and c.block_t >= 256))
     return GPU_CONFIGS
 
 
@@ -118,7 +123,8 @@ def sparse_winograd_gemm(
     p, c, t_total = v.shape
     g = -(-k // group_k)
     assert values.dtype == v.dtype and values.shape[1] == group_k and v.is_contiguous()
-    assert offsets.numel() == p * g + 1 and indices.dtype == torch.int32 and offsets.dtype == torch.int32
+    assert offsets.numel() == p * g + 1 and offsets.dtype == torch.int32
+    assert indices.dtype in (torch.int16, torch.int32)
     mm = torch.empty((p, k, t_total), device=v.device, dtype=torch.float32)
     if mm.numel() == 0:
         return mm
@@ -138,9 +144,9 @@ def compile_specs() -> list[CompileSpec]:
     specs = []
     for dt, prec in ((torch.float16, "ieee"), (torch.bfloat16, "ieee"), (torch.float32, "tf32"),
                      (torch.float32, "ieee")):
-        for group_k in (16, 32, 64):
+        for group_k, idx_t in [(gk, it) for it in ("i16", "i32") for gk in (16, 32, 64)]:
             for cfg in gpu_configs(dt, prec, group_k):
-                sig = {"v_ptr": f"*{TL_NAME[dt]}", "val_ptr": f"*{TL_NAME[dt]}", "idx_ptr": "*i32",
+                sig = {"v_ptr": f"*{TL_NAME[dt]}", "val_ptr": f"*{TL_NAME[dt]}", "idx_ptr": f"*{idx_t}",
                        "off_ptr": "*i32", "m_ptr": "*fp32", "C": "i32", "K": "i32", "T": "i32", "G": "i32",
                        **{a: "constexpr" for a in ("BLOCK_T", "BLOCK_K", "BLOCK_C", "PRECISION", "UPCAST")}}
                 specs.append(CompileSpec(
@@ -148,7 +154,7 @@ def compile_specs() -> list[CompileSpec]:
                     constexprs={"BLOCK_T": cfg.block_t, "BLOCK_K": group_k, "BLOCK_C": cfg.block_c,
                                 "PRECISION": prec, "UPCAST": False},
                     num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                    label=f"{cfg.label} gk{group_k} {TL_NAME[dt]}{'/tf32' if prec == 'tf32' else ''}",
+                    label=f"{cfg.label} gk{group_k} {idx_t} {TL_NAME[dt]}{'/tf32' if prec == 'tf32' else ''}",
                     expects_mma=not (dt == torch.float32 and prec == "ieee"),
                 ))
     return specs

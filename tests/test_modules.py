@@ -161,7 +161,7 @@ def test_state_dict_holds_packed_arrays_only_and_roundtrips_exactly():
                        ("packed_values", "packed_indices", "packed_offsets", "bias", "_extra_state")}
     k, c, p = 32, 32, 36
     assert sd["2.packed_values"].numel() < 0.5 * k * c * p  # packed, not dense
-    assert sd["2.packed_indices"].dtype == torch.int32
+    assert sd["2.packed_indices"].dtype == torch.int16  # C < 32768: 2-byte indices
     x = torch.randn(2, 16, 12, 12)
     with torch.no_grad():
         ya = a(x)

@@ -148,7 +148,8 @@ def test_pack_roundtrip_metadata_and_save(tmp_path):
     p = pack_winograd_weight(q, (16, 4))
     assert torch.equal(p.unpack(), q)
     assert (p.m, p.r, p.n, p.K, p.C, p.block, p.group_k) == (4, 3, 6, 40, 24, (16, 4), 16)
-    assert p.nbytes == p.values.numel() * 8 + p.indices.numel() * 4 + p.offsets.numel() * 4
+    assert p.indices.dtype == torch.int16  # C < 32768
+    assert p.nbytes == p.values.numel() * 8 + p.indices.numel() * 2 + p.offsets.numel() * 4
     assert 0 < p.density < 1 and p.sparsity_signature.startswith("gk16-bc4-d")
     torch.save(p, tmp_path / "w.pt")
     p2 = torch.load(tmp_path / "w.pt")  # the default weights_only=True load works
@@ -256,3 +257,20 @@ def test_autotune_per_sparsity_signature_persists(monkeypatch):
     assert autotune.sparse_key(v.shape[2], pc, v.dtype, False) != key_a
     # The exact batch is not in the key: tile counts in one power-of-two bucket share it.
     assert autotune.sparse_key(v.shape[2] - 3, pa, v.dtype, False) == key_a
+
+
+def test_int32_indices_give_the_same_result(device):
+    """Layers with more than 32767 input channels get int32 indices; the kernel reads both."""
+    import dataclasses
+
+    gen = torch.Generator().manual_seed(7)
+    q = _q(16, 24, 2, "random", gen, (16, 1))
+    p16 = pack_winograd_weight(q, (16, 1)).to(device)
+    p32 = dataclasses.replace(p16, indices=p16.indices.to(torch.int32), _cast_cache={})
+    p32.validate()
+    x = torch.randn(1, 24, 7, 9, generator=gen).to(device)
+    with torch.no_grad():
+        y16 = sparse_winograd_conv2d(x, p16, None, 1, backend="triton")
+        y32 = sparse_winograd_conv2d(x, p32, None, 1, backend="triton")
+    assert p16.indices.dtype == torch.int16 and torch.equal(y16, y32)
+    assert p32.nbytes - p16.nbytes == 2 * p16.nnz_channels

@@ -8,7 +8,8 @@ rows of V_p and runs a dense ``tl.dot``: work is proportional to the kept channe
 Arrays (``G = ceil(K / group_k)``, ``P = n²``; groups ordered ``p * G + g``):
 
 * ``offsets`` int32 (P·G + 1): group ``p*G+g`` owns kept slots ``offsets[pg]:offsets[pg+1]``;
-* ``indices`` int32 (nnz,): the kept input channel of each slot, ascending within a group;
+* ``indices`` int16 when C ≤ 32767, else int32 (nnz,): the kept input channel of each slot,
+  ascending within a group (int16 halves the index overhead: 2 bytes per 16 to 64 values);
 * ``values`` (nnz, group_k): ``values[s, j] = q[g*group_k + j, indices[s], p]`` (0 past K).
 """
 
@@ -23,10 +24,16 @@ import torch
 
 from .transforms import normalize_points
 
-__all__ = ["PackedWinogradWeight", "pack_winograd_weight", "SUPPORTED_GROUP_K"]
+__all__ = ["PackedWinogradWeight", "pack_winograd_weight", "index_dtype", "SUPPORTED_GROUP_K"]
 
 # Output-channel group sizes the sparse kernel can run: tl.dot needs >= 16 rows on tensor cores.
 SUPPORTED_GROUP_K = (16, 32, 64)
+INT16_MAX_CHANNELS = 32767
+
+
+def index_dtype(channels: int) -> torch.dtype:
+    """Smallest index dtype the kernels accept for ``channels`` input channels."""
+    return torch.int16 if channels <= INT16_MAX_CHANNELS else torch.int32
 DEFAULT_ELEMENT_GROUP_K = 16
 
 
@@ -152,8 +159,10 @@ class PackedWinogradWeight:
     def validate(self) -> None:
         """Check internal consistency; raises ValueError before any kernel could read out of bounds."""
         pg = self.P * self.G
-        if self.offsets.dtype != torch.int32 or self.indices.dtype != torch.int32:
-            raise ValueError("packed weight: offsets and indices must be int32")
+        if self.offsets.dtype != torch.int32 or self.indices.dtype not in (torch.int16, torch.int32):
+            raise ValueError("packed weight: offsets must be int32 and indices int16 or int32")
+        if self.indices.dtype == torch.int16 and self.C > INT16_MAX_CHANNELS:
+            raise ValueError(f"packed weight: int16 indices cannot address C={self.C} channels")
         if self.offsets.shape != (pg + 1,):
             raise ValueError(f"packed weight: offsets must have {pg + 1} entries, got {tuple(self.offsets.shape)}")
         nnz = self.indices.numel()
@@ -247,7 +256,7 @@ def pack_winograd_weight(
     values = slabs.reshape(p_count * g_count, c, group_k)[flat_keep]
     packed = PackedWinogradWeight(
         values=values.to(dtype or q.dtype).contiguous(),
-        indices=ch.to(torch.int32).contiguous(),
+        indices=ch.to(index_dtype(c)).contiguous(),
         offsets=offsets.to(torch.int32),
         m=m, r=r, K=k, C=c, block=(bk, bc), group_k=group_k,
         points=tuple(str(p) for p in pts),
