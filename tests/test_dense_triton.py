@@ -125,9 +125,9 @@ def test_device_mismatch_is_refused():
         winograd_conv2d(torch.randn(1, 3, 8, 8), meta_w, None, 1, 4, backend="torch")
 
 
-def test_autograd_goes_through_torch_path_or_is_refused():
-    x = torch.randn(1, 3, 8, 8, requires_grad=True)
-    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+def test_autograd_goes_through_torch_path_or_is_refused(device):
+    x = torch.randn(1, 3, 8, 8, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
     y = winograd_conv2d(x, w, None, 1, 4, backend="auto")  # CPU + grad: the differentiable torch path
     y.sum().backward()
     ref_x = x.detach().clone().requires_grad_()

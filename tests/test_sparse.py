@@ -72,8 +72,8 @@ def test_sparse_dtypes_layouts(m, dtype, channels_last, device):
 
 def test_dense_q_sparse_path_equals_conv2d(device):
     """Unpruned: the sparse path is an ordinary convolution."""
-    w = torch.randn(8, 5, 3, 3)
-    x = torch.randn(1, 5, 10, 10)
+    w = torch.randn(8, 5, 3, 3, device=device)
+    x = torch.randn(1, 5, 10, 10, device=device)
     packed = pack_winograd_weight(reference.winograd_weight(w, 4), (16, 1))
     y = sparse_winograd_conv2d(x, packed, None, 1, backend="triton")
     ref = torch.nn.functional.conv2d(x.double(), w.double(), padding=1)
@@ -209,7 +209,7 @@ def test_tampered_packed_weight_is_refused(tmp_path):
         torch.load(tmp_path / "bad.pt")
 
 
-def test_sparse_conv_bad_inputs():
+def test_sparse_conv_bad_inputs(device):
     p = pack_winograd_weight(torch.ones(16, 8, 6, 6), (16, 1))
     with pytest.raises(ValueError, match="channels"):
         sparse_winograd_conv2d(torch.randn(1, 7, 8, 8), p)
@@ -217,7 +217,7 @@ def test_sparse_conv_bad_inputs():
         sparse_winograd_conv2d(torch.randn(1, 8, 8, 8), torch.ones(16, 8, 6, 6))
     with pytest.raises(ValueError, match="4-D"):
         sparse_winograd_conv2d(torch.randn(8, 8, 8), p)
-    y = sparse_winograd_conv2d(torch.randn(0, 8, 8, 8), p, padding=1, backend="triton")
+    y = sparse_winograd_conv2d(torch.randn(0, 8, 8, 8, device=device), p.to(device), padding=1, backend="triton")
     assert y.shape == (0, 16, 8, 8)
 
 
