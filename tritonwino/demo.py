@@ -10,8 +10,8 @@
      model's layer shapes (Triton kernels on a GPU; torch paths on CPU, labelled as CPU timings);
   6. write plots, the CSV/JSON rows behind every plot and report.md into --out.
 
-Example: tritonwino demo --out out/demo        (about 5-8 minutes on 2 CPU cores)
-         tritonwino demo --out out/demo --quick (under 2 minutes)
+Example: tritonwino demo --out out/demo        (about 1.5 minutes on 2 CPU cores)
+         tritonwino demo --out out/demo --quick (under a minute)
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .benchmark import environment, markdown_table, time_ms, write_rows
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for plots, CSV/JSON rows and report.md")
-    p.add_argument("--quick", action="store_true", help="smaller data, fewer steps: under 2 minutes on CPU")
+    p.add_argument("--quick", action="store_true", help="smaller data, fewer steps: under a minute on CPU")
     p.add_argument("--dataset", default="auto", help="auto (Fashion-MNIST if installed, else digits), "
                    "fashion-mnist or digits")
     p.add_argument("--data-root", default=None, help="folder holding the Fashion-MNIST idx files")
