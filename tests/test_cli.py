@@ -251,6 +251,14 @@ def test_tune_saved_model(tmp_path):
     assert "2 SparseWinogradConv2d layers" in proc.stdout
     assert "C=16   K=16   6x6" in proc.stdout  # second conv sees 16 channels at 12/2
 
+    # A real run also measures what each backend="auto" layer will run, and caches it for them.
+    proc = run_cli("tune", "--model", str(path), "--input-size", "12", "--batch", "2", cache_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "per-layer dispatch at batch 2" in proc.stdout
+    table = proc.stdout.split("per-layer dispatch at batch 2")[1]
+    assert "features.4" in table and "measured" in table
+    assert _cpu_cache(tmp_path).summary().get("dispatch", 0) >= 2
+
     torch.save(converted.state_dict(), tmp_path / "sd.pt")
     proc = run_cli("tune", "--model", str(tmp_path / "sd.pt"), "--dry-run", cache_dir=tmp_path)
     assert proc.returncode != 0 and "state_dict" in proc.stderr and "Traceback" not in proc.stderr

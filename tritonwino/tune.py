@@ -234,8 +234,8 @@ def layers_from_arch(arch: str, size: int, sparsity: float, block: tuple[int, in
     return layers
 
 
-def layers_from_model(path: str, size: int, block: tuple[int, int], m: int) -> tuple[list[Layer], str]:
-    """Layers of a saved model and a note on where their sparsity came from."""
+def load_model(path: str) -> nn.Module:
+    """A whole model saved with ``torch.save(model, path)``; clear errors for anything else."""
     if not Path(path).is_file():
         raise SystemExit(f"tritonwino tune: --model {path}: no such file")
     try:
@@ -248,6 +248,12 @@ def layers_from_model(path: str, size: int, block: tuple[int, int], m: int) -> t
         hint = (" (it looks like a state_dict: save the whole model with torch.save(model, PATH))"
                 if isinstance(model, dict) else "")
         raise SystemExit(f"tritonwino tune: {path} holds a {type(model).__name__}, not an nn.Module{hint}")
+    return model
+
+
+def layers_from_model(path: str, size: int, block: tuple[int, int], m: int) -> tuple[list[Layer], str]:
+    """Layers of a saved model and a note on where their sparsity came from."""
+    model = load_model(path)
     sparse = {n: mod for n, mod in model.named_modules() if isinstance(mod, SparseWinogradConv2d)}
     if sparse:
         note = f"{len(sparse)} SparseWinogradConv2d layers (their packed weights)"
@@ -551,7 +557,26 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         csv_path, json_path = write_rows(rows, args.out, f"tune_{dev_kind}")
         print(f"wrote {csv_path} and {json_path}")
+    if args.model and not interp:
+        _tune_model_dispatch(args, dtype)
     return 0
+
+
+def _tune_model_dispatch(args: argparse.Namespace, dtype: torch.dtype) -> None:
+    """For a saved converted model, also measure what each ``backend="auto"`` layer will run
+    (``tritonwino.dispatch``) at every batch size, so its first forward reads the cache."""
+    from .dispatch import tune_model
+
+    model = load_model(args.model).eval()
+    if not any(isinstance(mod, SparseWinogradConv2d) and mod.backend == "auto" for mod in model.modules()):
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device=device, dtype=dtype)
+    size = args.input_size or 224
+    for nb in args.batch:
+        x = torch.randn(nb, _first_in_channels(model), size, size, device=device, dtype=dtype)
+        print(f"\nper-layer dispatch at batch {nb} (stored in the cache for backend='auto' layers):")
+        print(tune_model(model, x))
 
 
 def _interp_enabled() -> bool:
