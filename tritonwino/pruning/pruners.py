@@ -345,6 +345,12 @@ def model_winograd_sparsity(
     return out
 
 
+
+def _pruned_layer_names(mods: dict[str, nn.Module]) -> list[str]:
+    """Layers a pruner has touched: Winograd-domain layers and convs carrying a spatial mask."""
+    return [n for n, mod in mods.items()
+            if isinstance(mod, WinogradConv2d) or (isinstance(mod, nn.Conv2d) and hasattr(mod, "spatial_mask"))]
+
 def export_masks(
     model: nn.Module,
     domain: str = "winograd",
@@ -364,8 +370,7 @@ def export_masks(
     model = _unwrap(model)
     mods = dict(model.named_modules())
     if layers is None:
-        layers = [n for n, mod in mods.items()
-                  if isinstance(mod, WinogradConv2d) or (isinstance(mod, nn.Conv2d) and hasattr(mod, "spatial_mask"))]
+        layers = _pruned_layer_names(mods)
     out = {}
     for name in layers:
         mod = mods[name]
@@ -395,8 +400,7 @@ def finalize(
     model = _unwrap(model)
     mods = dict(model.named_modules())
     if layers is None:
-        layers = [n for n, mod in mods.items()
-                  if isinstance(mod, WinogradConv2d) or (isinstance(mod, nn.Conv2d) and hasattr(mod, "spatial_mask"))]
+        layers = _pruned_layer_names(mods)
     out = {}
     for name in layers:
         mod = mods[name]
