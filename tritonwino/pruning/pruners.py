@@ -345,11 +345,11 @@ def model_winograd_sparsity(
     return out
 
 
-
 def _pruned_layer_names(mods: dict[str, nn.Module]) -> list[str]:
     """Layers a pruner has touched: Winograd-domain layers and convs carrying a spatial mask."""
     return [n for n, mod in mods.items()
             if isinstance(mod, WinogradConv2d) or (isinstance(mod, nn.Conv2d) and hasattr(mod, "spatial_mask"))]
+
 
 def export_masks(
     model: nn.Module,
