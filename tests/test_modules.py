@@ -354,3 +354,22 @@ def test_triton_path_tiny_matches_torch_path():
         y_t = mod(x)
     ref = _oracle(x, q, b)
     assert (y.double() - ref).abs().max() <= 2 * (y_t.double() - ref).abs().max() + 1e-6 * ref.abs().max()
+
+
+def test_caches_filled_in_inference_mode_still_serve_autograd():
+    """tune_model / measured dispatch run under inference_mode and fill the weight caches; a later
+    forward that autograd records must still work (inference tensors cannot be saved for backward)."""
+    from tritonwino.dispatch import tune_model
+    from tritonwino.models import SmallVGG
+
+    model = SmallVGG(10, 1, cfg=(8, "M", 16)).eval()
+    convert(model, m=4, block=(16, 1), backend="auto")
+    x = torch.randn(2, 1, 12, 12)
+    tune_model(model, x)  # every path measured (conv2d, dense, sparse) inside inference_mode
+    for path in ("conv2d", "dense", "sparse"):
+        xin = x.clone().requires_grad_()
+        layer = model.features[4]
+        y = layer.run_path(torch.relu(model.features[0](xin)), path, "torch")
+        y.sum().backward()
+        assert xin.grad is not None and torch.isfinite(xin.grad).all()
+    model(x.clone().requires_grad_()).sum().backward()  # the dispatched model itself

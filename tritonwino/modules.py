@@ -121,6 +121,7 @@ class SparseWinogradConv2d(torch.nn.Module):
         v = self.packed_values
         return (id(v), v._version, v.device, v.dtype)
 
+    @torch.inference_mode(False)  # cached for later forwards, which autograd may record
     def spatial_weight(self) -> torch.Tensor | None:
         """The spatial weight W (K, C, r, r) with G W Gᵀ = Q, or None when Q has none.
 
@@ -142,6 +143,7 @@ class SparseWinogradConv2d(torch.nn.Module):
             self._exact = (token, exact)
         return self._w_spatial if self._exact[1] else None
 
+    @torch.inference_mode(False)  # cached for later forwards, which autograd may record
     def dense_weight(self) -> torch.Tensor:
         """The unpacked Winograd-domain weight, position-major (P, C, K), as the dense path wants."""
         if self._q_pck is None or self._q_pck.device != self.packed_values.device:

@@ -102,6 +102,7 @@ class PackedWinogradWeight:
             self.m, self.r, self.K, self.C, self.block, self.group_k, self.points,
         )
 
+    @torch.inference_mode(False)  # cached across calls: must not be an inference tensor
     def values_as(self, dtype: torch.dtype) -> torch.Tensor:
         """values in ``dtype`` (cached, so repeated forwards do not re-cast)."""
         if dtype == self.values.dtype:
@@ -113,6 +114,7 @@ class PackedWinogradWeight:
             self._cast_cache[dtype] = hit
         return hit[1]
 
+    @torch.inference_mode(False)  # cached across calls: must not be an inference tensor (see reference.py)
     def padded_slabs(self, operand: torch.dtype, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """For the torch path: (idx (P·G, L), vals (P·G, L, group_k)) padded to the longest list,
         padding pointing at channel C (a zero row the torch path appends to V). Values are rounded

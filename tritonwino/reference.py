@@ -38,7 +38,10 @@ __all__ = [
 ]
 
 
+# Cached tensors are built with inference mode off: a cache first filled inside
+# torch.inference_mode() must still be usable by a later forward that autograd records.
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _matrices(m: int, r: int, pts: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return winograd_matrices(m, r, pts)
 
@@ -70,12 +73,14 @@ def tile_grid(ho: int, wo: int, m: int) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _kron_mats(m: int, r: int, pts: tuple, dtype: torch.dtype, device: torch.device):
     kb, ka = winograd_kron(m, r, pts)
     return kb.to(device=device, dtype=dtype), ka.to(device=device, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _kron_filters(m: int, r: int, pts: tuple, dtype: torch.dtype, device: torch.device):
     kb, _ = winograd_kron(m, r, pts)
     n = tile_size(m, r)
