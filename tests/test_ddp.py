@@ -79,6 +79,9 @@ def _worker(rank, init_file, out_dir):
         res["bcast_mask"] = lone[1].spatial_mask.clone()
         res["bcast_weight"] = lone[1].weight.detach().clone()
         torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
+        # Both ranks reach teardown together: gloo aborts a rank whose peer tears down while it is
+        # still finishing (seen as SIGABRT "terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
