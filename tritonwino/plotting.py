@@ -76,12 +76,14 @@ def plot_speedup(df: pd.DataFrame, out: str | Path, batch: int | None = None) ->
     if batch is None:
         batch = int(df["N"].min())
     df = df[df["N"] == batch]
-    shapes = sorted({(int(c), int(h)) for c, h in zip(df["C"], df["H"], strict=True)})
+    if "K" not in df.columns:
+        df = df.assign(K=df["C"])
+    shapes = sorted({(int(c), int(k), int(h)) for c, k, h in zip(df["C"], df["K"], df["H"], strict=True)})
     ncol = min(2, len(shapes))
     nrow = -(-len(shapes) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(max(6.5 * ncol, 9.0), 4.2 * nrow + 0.8), squeeze=False)
-    for ax, (c, h) in zip(axes.flat, shapes, strict=False):
-        sub = df[(df["C"] == c) & (df["H"] == h)]
+    for ax, (c, k, h) in zip(axes.flat, shapes, strict=False):
+        sub = df[(df["C"] == c) & (df["K"] == k) & (df["H"] == h)]
         for (tile, path, block), g in sub.groupby(["tile", "path", "block"]):
             g = g.groupby("winograd_sparsity", as_index=False).median(numeric_only=True).sort_values(
                 "winograd_sparsity")
@@ -96,7 +98,7 @@ def plot_speedup(df: pd.DataFrame, out: str | Path, batch: int | None = None) ->
                 ax.axvline(be * 100, color=line[0].get_color(), ls=":", lw=0.8)
         ax.axhline(1.0, color="k", lw=1)
         ax.set_yscale("log")
-        ax.set_title(f"C=K={c}, {h}x{h}, N={batch}")
+        ax.set_title(f"{f'C=K={c}' if c == k else f'C={c}, K={k}'}, {h}x{h}, N={batch}")
         ax.set_xlabel("Winograd-domain sparsity (%)")
         ax.set_ylabel("speedup over F.conv2d")
         ax.grid(alpha=0.3, which="both")
