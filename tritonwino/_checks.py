@@ -114,3 +114,24 @@ def operand_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def accum_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def conv_ineligible_reason(conv: torch.nn.Conv2d, r: int | None = None) -> str | None:
+    """Why an ``nn.Conv2d`` cannot run as a Winograd F(m, r) convolution (None if it can): the one
+    eligibility rule shared by conversion and pruning. ``r`` additionally requires that kernel size."""
+    kh, kw = conv.kernel_size
+    if kh != kw or kh % 2 == 0:
+        return f"kernel {kh}x{kw} (needs an odd square kernel)"
+    if kh == 1:
+        return "1x1 kernel (Winograd gives no saving)"
+    if r is not None and kh != r:
+        return f"kernel {kh}x{kw} is not {r}x{r}"
+    if tuple(conv.stride) != (1, 1):
+        return f"stride {tuple(conv.stride)} (Winograd needs stride 1)"
+    if tuple(conv.dilation) != (1, 1):
+        return f"dilation {tuple(conv.dilation)}"
+    if conv.groups != 1:
+        return f"groups={conv.groups}"
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        return f"padding {conv.padding!r} / mode {conv.padding_mode}"
+    return None

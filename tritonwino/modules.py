@@ -329,20 +329,7 @@ def ineligible_reason(conv: torch.nn.Module) -> str | None:
         return None
     if not isinstance(conv, torch.nn.Conv2d):
         return "not an nn.Conv2d"
-    kh, kw = conv.kernel_size
-    if kh != kw or kh % 2 == 0:
-        return f"kernel {kh}x{kw} (needs an odd square kernel)"
-    if kh == 1:
-        return "1x1 kernel (Winograd gives no saving)"
-    if tuple(conv.stride) != (1, 1):
-        return f"stride {tuple(conv.stride)}"
-    if tuple(conv.dilation) != (1, 1):
-        return f"dilation {tuple(conv.dilation)}"
-    if conv.groups != 1:
-        return f"groups={conv.groups}"
-    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-        return f"padding {conv.padding!r} / mode {conv.padding_mode}"
-    return None
+    return _checks.conv_ineligible_reason(conv)
 
 
 def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),

@@ -104,7 +104,7 @@ class WinogradConv2d(nn.Module):
         """
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
-        reason = _ineligible_reason(conv)
+        reason = _checks.conv_ineligible_reason(conv)
         if reason:
             raise ValueError(f"cannot convert {conv}: {reason}")
         k, c, r, _ = conv.weight.shape
@@ -193,27 +193,6 @@ class WinogradConv2d(nn.Module):
                 f"bias={self.bias is not None}, F({self.m},{self.r}), points=({pts})")
 
 
-def _ineligible_reason(conv: nn.Conv2d, r: int | None = None) -> str | None:
-    kh, kw = conv.kernel_size
-    if kh != kw:
-        return f"kernel {kh}x{kw} is not square"
-    if kh % 2 == 0 or kh == 1:
-        return f"kernel {kh}x{kw}: only odd kernels >= 3 are eligible"
-    if r is not None and kh != r:
-        return f"kernel {kh}x{kw} is not {r}x{r}"
-    if tuple(conv.stride) != (1, 1):
-        return f"stride {conv.stride} (Winograd needs stride 1)"
-    if tuple(conv.dilation) != (1, 1):
-        return f"dilation {conv.dilation}"
-    if conv.groups != 1:
-        return f"groups={conv.groups}"
-    if isinstance(conv.padding, str):
-        return f"string padding {conv.padding!r}"
-    if conv.padding_mode != "zeros":
-        return f"padding_mode={conv.padding_mode!r}"
-    return None
-
-
 def eligible_convs(model: nn.Module, r: int | None = None, kinds: tuple = (nn.Conv2d,)) -> dict[str, nn.Module]:
     """Named modules of type ``kinds`` that a Winograd F(m, r) can run (in module order)."""
     out = {}
@@ -221,7 +200,7 @@ def eligible_convs(model: nn.Module, r: int | None = None, kinds: tuple = (nn.Co
         if isinstance(mod, WinogradConv2d) and WinogradConv2d in kinds:
             if r is None or mod.r == r:
                 out[name] = mod
-        elif isinstance(mod, nn.Conv2d) and nn.Conv2d in kinds and _ineligible_reason(mod, r) is None:
+        elif isinstance(mod, nn.Conv2d) and nn.Conv2d in kinds and _checks.conv_ineligible_reason(mod, r) is None:
             out[name] = mod
     return out
 
