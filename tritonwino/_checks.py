@@ -135,3 +135,11 @@ def conv_ineligible_reason(conv: torch.nn.Conv2d, r: int | None = None) -> str |
     if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
         return f"padding {conv.padding!r} / mode {conv.padding_mode}"
     return None
+
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

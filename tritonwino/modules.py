@@ -26,9 +26,6 @@ __all__ = ["SparseWinogradConv2d", "compact_state_dict", "convert", "ineligible_
 
 logger = logging.getLogger("tritonwino")
 
-# Same tuple as sparse_conv.BACKENDS; not imported from there because sparse_conv imports this
-# module at its end (re-export), and importing tritonwino.modules first must work too.
-BACKENDS = ("auto", "triton", "torch")
 
 STATE_FORMAT = 1
 _ARRAYS = ("packed_values", "packed_indices", "packed_offsets")
@@ -55,8 +52,7 @@ class SparseWinogradConv2d(torch.nn.Module):
         super().__init__()
         if not isinstance(packed, PackedWinogradWeight):
             raise TypeError(f"packed must be a PackedWinogradWeight, got {type(packed).__name__}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        _checks.check_backend(backend)
         packed.validate()
         _checks.check_bias(bias, packed.K)
         self.padding = _checks.check_padding(padding)
@@ -346,8 +342,7 @@ def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _checks.check_backend(backend)
     _check_block(tuple(block) if isinstance(block, list) else block)
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError("filter_fn must be callable as filter_fn(module, fqn) -> bool")

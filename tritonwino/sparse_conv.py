@@ -25,15 +25,14 @@ __all__ = [
     "winograd_conv2d",
 ]
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = _checks.BACKENDS
 
 
 def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None) -> str:
     """The path to run. The Triton kernels have no backward, so when autograd needs gradients
     ``"auto"`` takes the differentiable torch path and ``"triton"`` refuses instead of silently
     returning a result without a gradient."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _checks.check_backend(backend)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, *params))
     if backend == "auto":
