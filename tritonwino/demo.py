@@ -70,7 +70,7 @@ def _train(model, data, steps: int, lr: float, pruner=None, desc: str = "train",
 
 def run(args: argparse.Namespace) -> int:
     from .data import load_dataset
-    from .layer_bench import pruned_q
+    from .layer_bench import pruned_q, sparse_row
     from .models import SmallVGG
     from .plotting import plot_accuracy, plot_memory, plot_speedup
     from .pruning import SpatialPruner, finalize
@@ -191,14 +191,8 @@ def run(args: argparse.Namespace) -> int:
             packed = pack_winograd_weight(q, block).to(device)
             packed16 = pack_winograd_weight(q, block, dtype=torch.float16)
             t = time_ms(lambda x=x, packed=packed: sparse_winograd_conv2d(x, packed, None, 1, sparse_backend), device)
-            sweep_rows.append({"C": c, "K": k, "H": h, "W": h, "N": 32, "tile": f"F({m},3)",
-                               "block": f"{block[0]}x{block[1]}", "target_sparsity": sparsity,
-                               "winograd_sparsity": float((q == 0).float().mean()), "kept_slots": packed.density,
-                               "path": sparse_backend, "conv2d_ms": t_conv["ms"], "sparse_ms": t["ms"],
-                               "sparse_ms_p20": t["ms_p20"], "sparse_ms_p80": t["ms_p80"],
-                               "speedup_vs_conv2d": t_conv["ms"] / t["ms"], "packed_bytes_fp32": packed.nbytes,
-                               "packed_bytes_fp16": packed16.nbytes, "dense_spatial_bytes_fp32": k * c * 9 * 4,
-                               **env})
+            sweep_rows.append(sparse_row(c, k, h, 32, m, block, sparsity, q, packed, packed16, sparse_backend,
+                                         t_conv, t, env))
     write_rows(sweep_rows, out, "sparsity_sweep")
 
     # 6. plots + report -------------------------------------------------------------------------

@@ -42,6 +42,21 @@ def pruned_q(k: int, c: int, m: int, sparsity: float, block, gen) -> torch.Tenso
     return (q * keep).float()
 
 
+def sparse_row(c: int, k: int, h: int, nb: int, m: int, block, sparsity: float, q: torch.Tensor, packed,
+               packed16, path: str, conv2d: dict, sparse: dict, env: dict, **extra) -> dict:
+    """One result row in the schema ``plot_speedup`` / ``plot_memory`` read (shared with the demo)."""
+    return {
+        "C": c, "K": k, "H": h, "W": h, "N": nb, "tile": f"F({m},3)", "block": f"{block[0]}x{block[1]}",
+        "target_sparsity": sparsity, "winograd_sparsity": float((q == 0).float().mean()),
+        "kept_slots": packed.density, "path": path, **extra,
+        "conv2d_ms": conv2d["ms"], "sparse_ms": sparse["ms"],
+        "sparse_ms_p20": sparse["ms_p20"], "sparse_ms_p80": sparse["ms_p80"],
+        "speedup_vs_conv2d": conv2d["ms"] / sparse["ms"],
+        "packed_bytes_fp32": packed.nbytes, "packed_bytes_fp16": packed16.nbytes,
+        "dense_spatial_bytes_fp32": k * c * 9 * 4, **env,
+    }
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", required=True, help="folder for the CSV/JSON/markdown results")
     ap.add_argument("--name", default=None, help="result file stem (default sparse_layers_<device type>)")
@@ -109,17 +124,10 @@ def run(args: argparse.Namespace) -> int:
                 packed16 = pack_winograd_weight(q, block, dtype=torch.float16)
                 for p in paths:
                     sp = time_ms(lambda p=p, x=x, pk=packed: sparse_winograd_conv2d(x, pk, None, 1, backend=p), device)
-                    rows.append({
-                        "C": c, "K": c, "H": h, "W": h, "N": nb, "tile": f"F({m},3)", "block": f"{block[0]}x{block[1]}",
-                        "target_sparsity": sparsity, "winograd_sparsity": float((q == 0).float().mean()),
-                        "kept_slots": packed.density, "path": p, "dtype": "float32", "layout": "NCHW",
-                        "conv2d_ms": base["ms"], "dense_winograd_ms": dense[p]["ms"], "sparse_ms": sp["ms"],
-                        "sparse_ms_p20": sp["ms_p20"], "sparse_ms_p80": sp["ms_p80"],
-                        "speedup_vs_conv2d": base["ms"] / sp["ms"],
-                        "speedup_vs_dense_winograd": dense[p]["ms"] / sp["ms"],
-                        "packed_bytes_fp32": packed.nbytes, "packed_bytes_fp16": packed16.nbytes,
-                        "dense_spatial_bytes_fp32": c * c * 9 * 4, **env,
-                    })
+                    rows.append(sparse_row(
+                        c, c, h, nb, m, block, sparsity, q, packed, packed16, p, base, sp, env,
+                        dtype="float32", layout="NCHW", dense_winograd_ms=dense[p]["ms"],
+                        speedup_vs_dense_winograd=dense[p]["ms"] / sp["ms"]))
     stem = args.name or f"sparse_layers_{device.type}"
     csv_path, _ = write_rows(rows, args.out, stem)
     md = [f"# Sparse Winograd layers ({env['device']}, {env['timer']}, {env['threads']} threads)\n",
