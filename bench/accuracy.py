@@ -24,8 +24,10 @@ from fractions import Fraction as Fr  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tritonwino.benchmark import environment, markdown_table, write_rows  # noqa: E402
+from tritonwino.env import environment  # noqa: E402
+from tritonwino.experiments.rows import write_rows  # noqa: E402
 from tritonwino.sparse_conv import winograd_conv2d  # noqa: E402
+from tritonwino.tables import markdown_table  # noqa: E402
 from tritonwino.transforms import ACCURATE_POINTS, default_points  # noqa: E402
 
 # Per tile size n: the library default, the better-conditioned set where one exists, and one

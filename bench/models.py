@@ -27,16 +27,14 @@ from pathlib import Path
 
 import torch
 
-from tritonwino import dispatch
-from tritonwino.benchmark import environment, markdown_table, time_ms, write_rows
-from tritonwino.models import resnet18_max, vgg16
-from tritonwino.modules import ineligible_reason
+from tritonwino.env import environment
+from tritonwino.experiments.layers import eligible_conv_names
+from tritonwino.experiments.models import resnet18_max, vgg16
+from tritonwino.experiments.rows import write_rows
 from tritonwino.pruning import SpatialPruner
-from tritonwino.sparse_conv import SparseWinogradConv2d, convert
-
-
-def eligible_names(model: torch.nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and ineligible_reason(m) is None]
+from tritonwino.sparse_conv import SparseWinogradConv2d, convert, tune_model
+from tritonwino.tables import markdown_table
+from tritonwino.tuning import time_interleaved
 
 
 def amdahl_share(model: torch.nn.Module, x: torch.Tensor, names: list[str], reps: int) -> float:
@@ -60,24 +58,6 @@ def amdahl_share(model: torch.nn.Module, x: torch.Tensor, names: list[str], reps
     for h in hooks:
         h.remove()
     return statistics.median(shares)
-
-
-def interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, device: torch.device,
-                reps: int) -> dict[str, dict]:
-    """Median (and min) ms per model. On CPU the models are timed in interleaved rounds: this
-    machine is shared, and load bursts from other processes must hit every model alike."""
-    if device.type == "cuda":
-        return {n: time_ms(lambda x=x, mdl=m: mdl(x), device) for n, m in models.items()}
-    times: dict[str, list[float]] = {n: [] for n in models}
-    with torch.inference_mode():
-        for m in models.values():
-            m(x)
-        for _ in range(reps):
-            for n, m in models.items():
-                t0 = time.perf_counter()
-                m(x)
-                times[n].append((time.perf_counter() - t0) * 1e3)
-    return {n: {"ms": statistics.median(ts), "ms_min": min(ts)} for n, ts in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     for mname in args.models:
         torch.manual_seed(0)
         dense = factories[mname]().eval().to(device)
-        names = eligible_names(dense)
+        names = eligible_conv_names(dense)
         for sp in args.sparsities:
             pruned = copy.deepcopy(dense)
             t0 = time.time()
@@ -120,12 +100,14 @@ def main(argv: list[str] | None = None) -> int:
             for nb in batches:
                 x = torch.randn(nb, 3, args.size, args.size, device=device)
                 t0 = time.time()
-                dispatch.tune_model(auto, x)
+                tune_model(auto, x)
                 tune_s = time.time() - t0
                 chosen = [d.path for m in layers for d in m.dispatch_decisions().values()]
                 with torch.inference_mode():
                     err = float((auto(x) - pruned(x)).abs().max() / pruned(x).abs().max())
-                t = interleaved({"dense": dense, "auto": auto, "pinned": pinned}, x, device, args.reps)
+                models = {"dense": dense, "auto": auto, "pinned": pinned}
+                t = time_interleaved({n: (lambda mdl=mdl, x=x: mdl(x)) for n, mdl in models.items()}, device,
+                                     rounds=args.reps)
                 t_dense, t_auto, t_pin = t["dense"], t["auto"], t["pinned"]
                 share = amdahl_share(dense, x, names, args.reps)
                 row = {"model": mname, "input": f"{nb}x3x{args.size}x{args.size}", "N": nb,

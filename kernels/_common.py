@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -17,7 +15,9 @@ TL_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    """Whether Triton kernels run under the interpreter: the library's one check, asking Triton
+    itself so that every spelling Triton accepts (1, true, on ...) means the same here."""
+    return bool(triton.knobs.runtime.interpret)
 
 
 def next_pow2(n: int, minimum: int = 16) -> int:

@@ -4,6 +4,8 @@ Each program takes BLOCK_T tiles of one input channel, gathers their n×n window
 x (masked: zero padding and partial tiles), and multiplies the flattened windows by
 KB = kron(Bᵀ, Bᵀ)ᵀ with one fp32 `tl.dot`. V is written as (P, C, T) — positions outermost, tiles
 contiguous — which is what both Winograd-domain GEMMs read.
+
+Notation and layouts (F(m, r), n, P, T, V, Q, M, group_k): docs/notation.md.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ channels_last (any output strides).
 Each program takes BLOCK_T tiles of one output channel, gathers their P Winograd-domain values
 from M (P, K, T) and multiplies by KA = kron(Aᵀ, Aᵀ)ᵀ with one fp32 `tl.dot`; masks drop the
 parts of partial tiles that fall outside the output.
+
+Notation and layouts (F(m, r), n, P, T, V, Q, M, group_k): docs/notation.md.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Grid = (T blocks, output-channel groups G, positions P). A program owns one grou
 list in chunks of BLOCK_C, gathers the matching rows of V_p (P, C, T) and multiplies them by the
 dense (kept × BLOCK_K) value slab with `tl.dot`, accumulating in fp32. Pruned channels are never
 loaded; a group with nothing kept runs no loop iteration and only writes its zeros.
+
+Notation and layouts (F(m, r), n, P, T, V, Q, M, group_k): docs/notation.md.
 """
 
 from __future__ import annotations

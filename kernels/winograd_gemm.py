@@ -3,6 +3,8 @@
 Grid = (T blocks, K blocks, P). V is (P, C, T) with tiles contiguous, Q is (P, C, K) with output
 channels contiguous, M is (P, K, T) fp32. Operands are fp32, fp16 or bf16; accumulation is fp32;
 fp32 operands use full IEEE products unless the caller allows tf32.
+
+Notation and layouts (F(m, r), n, P, T, V, Q, M, group_k): docs/notation.md.
 """
 
 from __future__ import annotations

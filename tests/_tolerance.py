@@ -36,13 +36,25 @@ def max_err(y: torch.Tensor, oracle: torch.Tensor) -> float:
     return float(d.max()) if d.numel() else 0.0
 
 
+def worst_element(y: torch.Tensor, oracle: torch.Tensor) -> str:
+    """Where ``y`` is furthest from ``oracle``: index, both values and the error (for messages)."""
+    d = (y.double() - oracle).abs()
+    if d.numel() == 0:
+        return "empty"
+    flat = int(torch.nan_to_num(d, nan=float("inf")).flatten().argmax())
+    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), d.shape))
+    return f"worst at {idx}: got {float(y[idx]):.6g}, oracle {float(oracle[idx]):.6g}, |err| {float(d[idx]):.3e}"
+
+
 def assert_close_rule(y: torch.Tensor, y_torch: torch.Tensor, oracle: torch.Tensor, m: int) -> None:
     assert y.shape == oracle.shape, (y.shape, oracle.shape)
     assert y.dtype == y_torch.dtype
     scale = float(oracle.abs().max()) if oracle.numel() else 0.0
     err, err_ref = max_err(y, oracle), max_err(y_torch, oracle)
     atol = ulp(y.dtype) * max(scale, 1.0)
-    assert err <= 2 * err_ref + atol, f"triton err {err:.3e} > 2 x torch err {err_ref:.3e} + {atol:.1e}"
+    assert err <= 2 * err_ref + atol, (f"triton err {err:.3e} > 2 x torch err {err_ref:.3e} + {atol:.1e}; "
+                                       f"{worst_element(y, oracle)}")
     bound = REL_BOUND.get((m, y.dtype))
     if bound is not None and scale > 0:
-        assert err / scale <= bound, f"relative error {err / scale:.3e} above the F({m},3) bound {bound}"
+        assert err / scale <= bound, (f"relative error {err / scale:.3e} above the F({m},3) bound {bound}; "
+                                      f"{worst_element(y, oracle)}")

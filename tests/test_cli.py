@@ -18,6 +18,8 @@ import torch
 from tritonwino import cli
 from tritonwino.tuning import TuningCache, cache_path
 
+pytestmark = pytest.mark.e2e
+
 HAS_CUDA = torch.cuda.is_available()
 # Without a GPU and without TRITON_INTERPRET (a user's plain shell) the cache is keyed "cpu".
 CPU_DEVICE = "cpu"
@@ -167,7 +169,7 @@ def test_tune_arch_dry_run_shares_keys_between_identical_layers(tmp_path):
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the CPU dispatch timings; on a GPU test_tune_gpu runs instead")
-def test_tune_cpu_writes_rows_and_dispatch_cache(tmp_path):
+def test_tune_cpu_writes_report_rows_and_nothing_to_the_cache(tmp_path):
     cache_dir = tmp_path / "cache"
     out = tmp_path / "out"
     proc = run_cli("tune", "--shapes", "16:16:8", "32:16:6:10", "--batch", "1", "--reps", "2", "--out", str(out),
@@ -179,24 +181,19 @@ def test_tune_cpu_writes_rows_and_dispatch_cache(tmp_path):
     assert len(df) == 2 and set(df["kernel"]) == {"cpu_dispatch"}
     assert list(zip(df.C, df.K, df.H, df.W, strict=True)) == [(16, 16, 8, 8), (32, 16, 6, 10)]
     cache = _cpu_cache(cache_dir)
-    assert cache.summary() == {"cpu_dispatch": 2}
+    assert cache.summary() == {}  # a report: the rows go to --out, never into the tuning cache
     for row in df.itertuples():
         ms = {"conv2d": row.conv2d_ms, "dense": row.dense_ms, "sparse": row.sparse_ms}
         assert row.winner == min(ms, key=ms.__getitem__)
         assert row.timer == "cpu-perf_counter" and row.device_type == "cpu"
-        cfg = cache.get("cpu_dispatch", row.key)
-        assert cfg is not None, row.key
-        assert cfg["best"] == row.winner
-        assert cfg["conv2d_ms"] == pytest.approx(row.conv2d_ms)
-        assert cfg["sparse_ms"] == pytest.approx(row.sparse_ms)
     assert json.loads((out / "tune_cpu.json").read_text())[0]["key"] == df.key[0]
 
-    # `info` reads the same cache and reports what tune stored.
+    # `info` reads the same (still empty) cache.
     proc = run_cli("info", "--json", cache_dir=cache_dir)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["tuning_cache"]["path"] == str(cache.path)
-    assert info["tuning_cache"]["per_kernel"] == {"cpu_dispatch": 2}
+    assert info["tuning_cache"]["per_kernel"] == {}
     assert info["paths"] == ["torch"] and info["triton_interpret"] is False
     assert info["versions"]["torch"] == torch.__version__
 
@@ -237,7 +234,7 @@ def test_tune_triton_loop_writes_kernel_cache(tmp_path):
 
 
 def test_tune_saved_model(tmp_path):
-    from tritonwino.models import SmallVGG
+    from tritonwino.experiments.models import SmallVGG
     from tritonwino.sparse_conv import convert
 
     model = SmallVGG(10, 1, cfg=(16, "M", 16))

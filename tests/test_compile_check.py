@@ -13,11 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import triton
 import triton.language as tl
 from tritonwino.kernels.registry import CompileSpec
 
-from tritonwino.compile_check import (
+from tritonwino.aot import (
     COLUMNS,
     Row,
     format_table,
@@ -82,12 +83,13 @@ def _env_without_interpreter(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.kernels
 def test_check_specs_on_own_kernels(tmp_path):
     code = (
         "import json, sys\n"
         f"sys.path.insert(0, {str(TESTS_DIR)!r})\n"
         "import test_compile_check as t\n"
-        "from tritonwino.compile_check import check_specs\n"
+        "from tritonwino.aot import check_specs\n"
         f"rows = check_specs(t._specs(), ['sm_80', 'sm_90'], jobs=2, save_dir={str(tmp_path / 'ptx')!r})\n"
         "print(json.dumps([r.to_dict() for r in rows]))\n"
     )
@@ -124,6 +126,7 @@ def test_check_specs_on_own_kernels(tmp_path):
     assert "sm_90a" in (tmp_path / "ptx" / "dot-64x64x32-fp16-sm-90.ptxas.log").read_text()
 
 
+@pytest.mark.e2e
 def test_cli_compile_check_subset(tmp_path):
     env = dict(os.environ)
     env["TRITON_INTERPRET"] = "1"  # the command must re-run itself without the interpreter
@@ -142,7 +145,7 @@ def test_cli_compile_check_subset(tmp_path):
     rows = json.loads(json_path.read_text())
     assert len(rows) == 2 * len(specs)
     assert {r["arch"] for r in rows} == {"sm_80", "sm_90"}
-    header = proc.stdout.splitlines()[0].split()
+    header = [c.strip() for c in proc.stdout.splitlines()[0].strip("|").split("|")]
     assert header == list(COLUMNS)
     assert proc.returncode == (0 if all(r["status"] == "ok" for r in rows) else 1), proc.stdout + proc.stderr
     assert "re-running without it" in proc.stderr
@@ -173,6 +176,10 @@ def test_select_specs_and_table():
                 tensor_cores=True, seconds=0.5),
             Row("add", "B1000", "sm_90", status="FAIL", error="boom")]
     table = format_table(rows).splitlines()
-    assert table[0].split() == list(COLUMNS)
-    assert table[2].split()[:8] == ["dot", "64x64x32", "fp16", "sm_80", "128", "0", "-", "16384"]
+
+    def cells(line):
+        return [c.strip() for c in line.strip("|").split("|")]
+
+    assert cells(table[0]) == list(COLUMNS)
+    assert cells(table[2])[:7] == ["dot", "64x64x32 fp16", "sm_80", "128", "0", "-", "16384"]
     assert "yes" in table[2] and "FAIL" in table[3]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tritonwino.data import (
+from tritonwino.experiments.data import (
     DatasetNotFoundError,
     fashion_mnist_available,
     load_cifar,

@@ -16,6 +16,8 @@ from torch import nn
 
 from tritonwino.pruning import SpatialPruner, WinogradPruner, convert_to_winograd
 
+pytestmark = pytest.mark.slow
+
 WORLD = 2
 
 

@@ -14,6 +14,8 @@ from tritonwino.sparse_conv import winograd_conv2d
 
 from ._tolerance import assert_close_rule
 
+pytestmark = pytest.mark.kernels
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (N, C, K, H, W, padding, bias): odd sizes with partial tiles, H/W smaller than a tile, channel
 # counts that are not multiples of any block, N=3.

@@ -7,7 +7,7 @@ from torch import nn
 from tritonwino import dispatch, reference, tuning
 from tritonwino.packing import pack_winograd_weight
 from tritonwino.pruning import SpatialPruner
-from tritonwino.sparse_conv import SparseWinogradConv2d, convert
+from tritonwino.sparse_conv import SparseWinogradConv2d, convert, explain, tune_model
 
 SYNC_OPS = {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero"}
 
@@ -32,7 +32,8 @@ def _winograd_direct_layer(c=8, k=16):
 
 
 def _fake_times(monkeypatch, times):
-    monkeypatch.setattr(dispatch, "_time_interleaved", lambda fns, device: {k: times[k] for k in fns})
+    monkeypatch.setattr(dispatch.tuning, "time_interleaved",
+                        lambda fns, device, rounds=5: {k: {"ms": times[k]} for k in fns})
 
 
 def test_choose_rule_never_slower_than_conv2d():
@@ -90,7 +91,7 @@ def test_measurement_is_cached_and_reused_and_tune_model_remeasures():
     assert db.path == da.path and db.times_ms == pytest.approx(da.times_ms)
     assert set(da.times_ms) == {"conv2d", "dense", "sparse"} and all(t > 0 for t in da.times_ms.values())
     assert len(tuning.get_cache().entries()[dispatch.KERNEL_NAME]) == 1
-    table = dispatch.tune_model(nn.Sequential(b), x)
+    table = tune_model(nn.Sequential(b), x)
     (db2,) = b.dispatch_decisions().values()
     assert db2.source == "measured" and table[0]["source"] == "measured"
 
@@ -156,9 +157,9 @@ def test_explain_table_lists_every_conv_with_reason_choice_and_times():
                           nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 8, 1))
     SpatialPruner(model, m=4, block=(16, 1), keep_dense=None, tol=1e-3, max_iter=25).prune(0.7)
     convert(model)
-    before = dispatch.explain(model)
+    before = explain(model)
     assert [r["chosen"] for r in before if r["type"] == "SparseWinogradConv2d"] == [None, None]
-    table = dispatch.tune_model(model, torch.randn(1, 3, 16, 16))
+    table = tune_model(model, torch.randn(1, 3, 16, 16))
     rows = {r["layer"]: r for r in table}
     assert set(rows) == {"0", "2", "3", "4"}
     assert "stride" in rows["2"]["eligible"] and "1x1" in rows["4"]["eligible"]

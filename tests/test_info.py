@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import triton
 
 from tritonwino.tuning import TuningCache, cache_path
+
+pytestmark = pytest.mark.e2e
 
 
 def _run_info(env_updates: dict[str, str | None], *extra: str) -> subprocess.CompletedProcess:

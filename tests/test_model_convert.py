@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from tritonwino.models import SmallResNet, SmallVGG
+from tritonwino.experiments.models import SmallResNet, SmallVGG
 from tritonwino.pruning import SpatialPruner, WinogradPruner, convert_to_winograd
 from tritonwino.sparse_conv import SparseWinogradConv2d, convert
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from tritonwino.models import SmallResNet, SmallVGG, resnet18_max, vgg16
+from tritonwino.experiments.models import SmallResNet, SmallVGG, resnet18_max, vgg16
 from tritonwino.pruning import SpatialPruner, convert_to_winograd, eligible_convs
 
 

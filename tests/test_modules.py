@@ -10,21 +10,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests._tolerance import REL_BOUND
-from tritonwino import ops, reference
+from tritonwino import _triton_path, reference
 from tritonwino.modules import compact_state_dict
 from tritonwino.packing import pack_winograd_weight
 from tritonwino.pruning import SpatialPruner, WinogradConv2d
 from tritonwino.sparse_conv import SparseWinogradConv2d, convert
+from tritonwino.testing import random_pruned_q
 
 
 def _pruned_q(k, c, m=4, sparsity=0.75, gen=None):
     """Random Q with a Winograd-domain mask at (16, 1) granularity: per position and group of 16
     output channels, input channels are kept or dropped together."""
-    n = m + 2
-    q = torch.randn(k, c, n, n, dtype=torch.float64, generator=gen)
-    g = -(-k // 16)
-    keep = torch.rand(g, c, n, n, generator=gen) >= sparsity
-    return q * keep.repeat_interleave(16, 0)[:k].to(q.dtype)
+    return random_pruned_q(k, c, m, 3, sparsity, (16, 1), generator=gen)
 
 
 def _layer(k=16, c=8, sparsity=0.75, m=4, padding=1, backend="torch", bias=True):
@@ -318,9 +315,10 @@ def test_bad_input_errors():
         SparseWinogradConv2d(mod.packed, None, 1, "gpu")
 
 
+@pytest.mark.kernels
 def test_index_limit_refused_on_triton_path_torch_path_still_works(monkeypatch):
     mod, q, b = _layer(backend="triton")
-    monkeypatch.setattr(ops, "INDEX_LIMIT", 1000)
+    monkeypatch.setattr(_triton_path, "INDEX_LIMIT", 1000)
     x = torch.randn(1, 8, 10, 10)
     with torch.no_grad(), pytest.raises(ValueError, match="1000 or more elements"):
         mod(x)
@@ -328,11 +326,12 @@ def test_index_limit_refused_on_triton_path_torch_path_still_works(monkeypatch):
     with torch.no_grad():
         assert _rel(mod(x), _oracle(x, q, b)) < REL_BOUND[(4, torch.float32)]
     # and the check itself needs no memory: a meta tensor of 2^33 elements
-    monkeypatch.setattr(ops, "INDEX_LIMIT", 2**31)
+    monkeypatch.setattr(_triton_path, "INDEX_LIMIT", 2**31)
     with pytest.raises(ValueError, match="input"):
-        ops.check_index_range(torch.empty(2**15, 8, 256, 128, device="meta"), 16, 8, 4, 3, (1, 1))
+        _triton_path.check_index_range(torch.empty(2**15, 8, 256, 128, device="meta"), 16, 8, 4, 3, (1, 1))
 
 
+@pytest.mark.kernels
 def test_gradients_reach_the_input_on_torch_path_triton_says_inference_only():
     mod, q, b = _layer(backend="torch")
     x = torch.randn(1, 8, 8, 8, requires_grad=True)
@@ -345,6 +344,7 @@ def test_gradients_reach_the_input_on_torch_path_triton_says_inference_only():
         mod(torch.randn(1, 8, 8, 8, requires_grad=True))
 
 
+@pytest.mark.kernels
 def test_triton_path_tiny_matches_torch_path():
     mod, q, b = _layer(k=16, c=4, backend="triton")
     x = torch.randn(1, 4, 8, 8)
@@ -359,8 +359,8 @@ def test_triton_path_tiny_matches_torch_path():
 def test_caches_filled_in_inference_mode_still_serve_autograd():
     """tune_model / measured dispatch run under inference_mode and fill the weight caches; a later
     forward that autograd records must still work (inference tensors cannot be saved for backward)."""
-    from tritonwino.dispatch import tune_model
-    from tritonwino.models import SmallVGG
+    from tritonwino.experiments.models import SmallVGG
+    from tritonwino.sparse_conv import tune_model
 
     model = SmallVGG(10, 1, cfg=(8, "M", 16)).eval()
     convert(model, m=4, block=(16, 1), backend="auto")

@@ -10,18 +10,16 @@ from tritonwino import ops
 from tritonwino.packing import pack_winograd_weight
 from tritonwino.pruning import SpatialPruner
 from tritonwino.sparse_conv import SparseWinogradConv2d, convert
+from tritonwino.testing import random_pruned_q
 
 
 def _packed(k=16, c=4, sparsity=0.5, m=4):
-    n = m + 2
-    q = torch.randn(k, c, n, n, dtype=torch.float64)
-    q = q * (torch.rand(1, c, n, n) >= sparsity).to(q.dtype)
-    return pack_winograd_weight(q, (16, 1), dtype=torch.float32)
+    return pack_winograd_weight(random_pruned_q(k, c, m, 3, sparsity, (16, 1)), (16, 1), dtype=torch.float32)
 
 
 def _sparse_args(x, p, bias, backend, relu=False):
-    return (x, p.values, p.indices, p.offsets, bias, 1, 1, p.m, p.r, p.K, p.C, p.block[0], p.block[1], p.group_k,
-            ops.points_str(p.points), backend, relu)
+    return (x, p.values, p.indices, p.offsets, bias, [1, 1], [p.m, p.r], [p.K, p.C], list(p.block),
+            ops.points_str(p.points), backend, relu, False)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -39,10 +37,11 @@ def test_opcheck_dense_torch():
     q = p.unpack()
     q_pck = q.permute(2, 3, 1, 0).reshape(36, 4, 16).contiguous()
     x = torch.randn(2, 4, 9, 7)
-    args = (x, q_pck, torch.randn(16), 1, 1, 4, 3, ops.points_str(p.points), "torch", False)
+    args = (x, q_pck, torch.randn(16), [1, 1], [4, 3], ops.points_str(p.points), "torch", False, False)
     torch.library.opcheck(ops.winograd_conv2d_pck_op, args)
 
 
+@pytest.mark.kernels
 def test_opcheck_sparse_triton_tiny():
     p = _packed(k=16, c=2)
     x = torch.randn(1, 2, 6, 6)
@@ -110,6 +109,7 @@ def test_compile_fullgraph_torch_path(inductor_cache):
     torch.testing.assert_close(y_c, y_pruned, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.kernels
 def test_compile_fullgraph_auto_dispatch_and_triton_tiny(inductor_cache):
     """aot_eager (no inductor codegen) keeps this test fast; fullgraph still proves no break."""
     model = _small_pruned(c=2)

@@ -6,13 +6,16 @@ import os
 
 import pytest
 
-from tritonwino import prune_cmd
+from tritonwino import cli
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("dataset", ["digits"])
 def test_pruning_bench_tiny_run(tmp_path, dataset):
     out = tmp_path / "pruning_tiny"
-    rc = prune_cmd.main([
+    rc = cli.main([
+        "prune",
         "--dataset", dataset, "--train-limit", "128", "--test-limit", "64", "--dense-epochs", "1",
         "--stage-steps", "1", "--spatial-targets", "0.5", "--winograd-targets", "0.7",
         "--methods", "yu,magnitude,liu", "--threads", "1", "--out", str(out),
@@ -27,7 +30,7 @@ def test_pruning_bench_tiny_run(tmp_path, dataset):
     assert abs(float(by[("yu-step2", "0.7")]["winograd_sparsity"]) - 0.7) < 0.01
     assert float(by[("spatial-magnitude", "0.7")]["winograd_sparsity"]) < 0.5
     for r in rows:
-        assert r["device"].startswith("cpu") and r["torch"] and r["timestamp"]
+        assert r["device"].startswith("CPU") and r["torch"] and r["timestamp"]
         assert float(r["mult_reduction_vs_direct"]) > 2.0  # F(4,3) dense already gives 4x
         assert 0.0 <= float(r["top1"]) <= 100.0
     assert "CPU" in open(f"{out}.md").read()

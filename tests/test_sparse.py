@@ -13,21 +13,18 @@ from tritonwino.kernels.sparse_winograd_gemm import interpreter_config, sparse_w
 
 from tritonwino import reference
 from tritonwino.sparse_conv import PackedWinogradWeight, pack_winograd_weight, sparse_winograd_conv2d
+from tritonwino.testing import random_pruned_q
 
 from ._tolerance import assert_close_rule
+
+pytestmark = pytest.mark.kernels
 
 BLOCKS = [(1, 1), (16, 1), (32, 1), (16, 16)]
 
 
 def _q(k, c, m, pattern, gen, block=(1, 1)):
-    q = reference.winograd_weight(torch.randn(k, c, 3, 3, generator=gen) / math.sqrt(9 * c), m)
-    n = m + 2
-    if pattern == "random":
-        bk, bc = max(block[0], 1), block[1]
-        keep = torch.rand(math.ceil(k / bk), math.ceil(c / bc), n, n, generator=gen) > 0.6
-        keep = keep.repeat_interleave(bk, 0)[:k].repeat_interleave(bc, 1)[:, :c]
-        q = q * keep
-    elif pattern == "all_pruned":
+    q = random_pruned_q(k, c, m, 3, 0.6 if pattern == "random" else 0.0, block, generator=gen)
+    if pattern == "all_pruned":
         q = torch.zeros_like(q)
     elif pattern == "position_pruned":
         q[:, :, 1, 2] = 0
@@ -188,8 +185,8 @@ def test_fp16_packed_bytes_at_75_percent():
         (torch.zeros(4, 4, 6, 6, dtype=torch.int32), {}, TypeError, "floating"),
         (torch.zeros(4, 4, 2, 2), {}, ValueError, "not a tile"),
         (torch.zeros(4, 4, 6, 6), {"block": (8, 1)}, ValueError, "bk must be"),
-        (torch.zeros(4, 4, 6, 6), {"block": (16, 0)}, ValueError, "bc must be"),
-        (torch.zeros(4, 4, 6, 6), {"block": 16}, ValueError, "pair"),
+        (torch.zeros(4, 4, 6, 6), {"block": (16, 0)}, ValueError, "block sizes must be >= 1"),
+        (torch.zeros(4, 4, 6, 6), {"block": (16,)}, ValueError, "pair"),
         (torch.zeros(4, 4, 6, 6), {"points": [0, 1, 1, 2, -2]}, ValueError, "distinct"),
         (torch.full((4, 4, 6, 6), float("nan")), {}, ValueError, "NaN"),
     ],
@@ -227,7 +224,8 @@ def test_sparse_conv_bad_inputs(device):
 def test_autotune_per_sparsity_signature_persists(monkeypatch):
     from tritonwino.kernels.sparse_winograd_gemm import SparseGemmConfig
 
-    from tritonwino import autotune, tuning
+    from tritonwino import tuning
+    from tritonwino.tuning import select as autotune
 
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(1, 32, 8, 8, generator=gen)

@@ -12,7 +12,7 @@ from tritonwino.transforms import (
 )
 
 F = Fraction
-# Published tables, ../shared/reference/algorithms.md §0.1
+# Published tables: the wincnn README (github.com/andravin/wincnn) and Lavin & Gray 2016
 PUBLISHED = {
     (4, 3): (
         [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],

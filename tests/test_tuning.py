@@ -103,7 +103,7 @@ def test_failed_write_removes_temp_and_keeps_old_file(cache_env, monkeypatch):
         raise OSError("disk full")
 
     with monkeypatch.context() as m:
-        m.setattr(tuning.os, "replace", boom)
+        m.setattr(tuning.cache.os, "replace", boom)
         with pytest.warns(RuntimeWarning, match="could not write tuning cache"):
             cache.put("k", "b", {"v": 2})
     assert not [p for p in cache_env.iterdir() if p.name.endswith(".tmp")]

@@ -1,4 +1,5 @@
-"""Argument validation shared by every public entry point: one wording for one mistake."""
+"""Argument validation shared by every public entry point (one wording for one mistake), and the
+small shape/dtype/layout rules every path applies the same way."""
 
 from __future__ import annotations
 
@@ -78,6 +79,21 @@ def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
     return first
 
 
+def check_block(block: object) -> tuple[int, int]:
+    """The one granularity rule: ``(bk, bc)`` positive ints ((1, 1) element, (bk, 1) vector,
+    (bk, bc) block); a bare int ``bk`` means ``(bk, 1)``. What the sparse kernel can run on top of
+    this is ``tritonwino.packing.check_kernel_block``."""
+    if isinstance(block, int) and not isinstance(block, bool):
+        block = (block, 1)
+    if (not isinstance(block, tuple | list) or len(block) != 2
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in block)):
+        raise ValueError(f"block must be a pair of ints (bk, bc), got {block!r}")
+    bk, bc = int(block[0]), int(block[1])
+    if bk < 1 or bc < 1:
+        raise ValueError(f"block sizes must be >= 1, got {(bk, bc)}")
+    return bk, bc
+
+
 def check_bias(bias: torch.Tensor | None, k: int) -> None:
     if bias is None:
         return
@@ -97,6 +113,19 @@ def output_size(h: int, w: int, r: int, padding: tuple[int, int]) -> tuple[int, 
             f"the output would be {ho}x{wo}"
         )
     return ho, wo
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """The layout an output of ``x`` is written in: channels_last in gives channels_last out (a
+    tensor that is both, e.g. with H = W = 1, counts as NCHW), as ``F.conv2d`` does."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def empty_output(x: torch.Tensor, k: int, ho: int, wo: int) -> torch.Tensor:
+    """An uninitialised (N, K, HO, WO) output in ``x``'s dtype, device and layout."""
+    return torch.empty((x.shape[0], k, ho, wo), dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
 
 
 def operand_dtype(dtype: torch.dtype) -> torch.dtype:

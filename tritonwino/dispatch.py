@@ -11,7 +11,7 @@ H, W) the layer runs one of three paths:
 
 On a CUDA tensor the Winograd paths are the Triton kernels; on CPU the torch paths (the Triton
 interpreter is never a candidate: it is a test tool, not an execution path). Times are taken once —
-on the first forward of a new bucket or by :func:`tune_model` — and stored in the persistent
+on the first forward of a new bucket or by ``tritonwino.modules.tune_model`` — and stored in the persistent
 tuning cache (``tritonwino.tuning``, kernel name ``"dispatch"``), so another process with the same
 layer shapes and sparsity bucket reuses them. A Winograd path is chosen only when it beats conv2d
 by more than ``MARGIN``: timing noise must never make a layer slower than conv2d.
@@ -23,8 +23,6 @@ the forward adds no host synchronisation.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,14 +34,11 @@ from . import tuning
 __all__ = [
     "MARGIN",
     "Decision",
-    "ExplainTable",
     "candidates",
     "decide",
-    "explain",
     "measuring",
     "set_measure_on_first_use",
     "shape_key",
-    "tune_model",
 ]
 
 PATHS = ("conv2d", "dense", "sparse")
@@ -79,7 +74,7 @@ def set_measure_on_first_use(flag: bool) -> bool:
 
 @contextmanager
 def measuring(force: bool = True):
-    """Inside, every new decision is measured, ignoring the tuning cache (used by tune_model)."""
+    """Inside, every new decision is measured, ignoring the tuning cache (``tune_model`` uses it)."""
     global _FORCE_MEASURE
     old, _FORCE_MEASURE = _FORCE_MEASURE, force
     try:
@@ -109,24 +104,6 @@ def candidates(layer, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
     out["dense"] = lambda: layer.run_path(x, "dense", be)
     out["sparse"] = lambda: layer.run_path(x, "sparse", be)
     return out
-
-
-def _time_interleaved(fns: dict[str, Callable[[], torch.Tensor]], device: torch.device,
-                      rounds: int = 5) -> dict[str, float]:
-    """Median ms per path. On GPU ``do_bench`` per path; on CPU the paths are timed in
-    interleaved rounds so that load from other processes hits every path alike."""
-    with torch.no_grad():
-        if device.type == "cuda":
-            return {name: tuning.do_bench_ms(fn) for name, fn in fns.items()}
-        for fn in fns.values():
-            fn()  # warm-up: caches, oneDNN primitive creation
-        times: dict[str, list[float]] = {name: [] for name in fns}
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def choose(times: dict[str, float]) -> tuple[str, str]:
@@ -168,75 +145,8 @@ def decide(layer, x: torch.Tensor) -> Decision:
             times = {k: float(v) for k, v in entry.get("timings", {}).items()}
             return Decision(path, be if path != "conv2d" else "torch", "cache", times,
                             entry["config"].get("reason", ""))
-    times = _time_interleaved(candidates(layer, x), x.device)
+    timed = tuning.time_interleaved(candidates(layer, x), x.device, rounds=5)
+    times = {name: t["ms"] for name, t in timed.items()}
     path, reason = choose(times)
     cache.put(KERNEL_NAME, key, {"path": path, "reason": reason}, times)
     return Decision(path, be if path != "conv2d" else "torch", "measured", times, reason)
-
-
-# --------------------------------------------------------------------------------------------
-# whole-model helpers
-# --------------------------------------------------------------------------------------------
-def tune_model(model: torch.nn.Module, example_input: torch.Tensor) -> ExplainTable:
-    """Measure every ``auto`` layer of ``model`` on the shapes ``example_input`` produces (the
-    cache is ignored and overwritten), then return :func:`explain`'s table."""
-    from .modules import SparseWinogradConv2d
-
-    for mod in model.modules():
-        if isinstance(mod, SparseWinogradConv2d):
-            mod.reset_dispatch()
-    with measuring(True), torch.inference_mode():
-        model(example_input)
-    return explain(model)
-
-
-class ExplainTable(list):
-    """Rows (dicts) of :func:`explain`; ``str()`` renders a markdown table."""
-
-    COLUMNS = ("layer", "type", "shape", "eligible", "winograd_sparsity", "input", "chosen", "source", "times_ms",
-               "why")
-
-    def __str__(self) -> str:
-        def cell(v) -> str:
-            if isinstance(v, float):
-                return f"{v:.1%}"
-            if isinstance(v, dict):
-                return ", ".join(f"{k} {t:.3g}" for k, t in v.items())
-            return "" if v is None else str(v)
-
-        lines = ["| " + " | ".join(self.COLUMNS) + " |", "|" + "---|" * len(self.COLUMNS)]
-        lines += ["| " + " | ".join(cell(r.get(c)) for c in self.COLUMNS) + " |" for r in self]
-        return "\n".join(lines)
-
-
-def explain(model: torch.nn.Module) -> ExplainTable:
-    """One row per convolution of ``model`` (and per input bucket a converted layer has seen):
-    layer, shape, eligible or why not, Winograd sparsity, the chosen path and the measured times
-    behind the choice. Layers not run yet show ``chosen=None`` (decided on first use)."""
-    from .modules import SparseWinogradConv2d, ineligible_reason
-
-    log = dict(getattr(model, "tritonwino_conversion", []))
-    rows = ExplainTable()
-    for name, mod in model.named_modules():
-        if isinstance(mod, SparseWinogradConv2d):
-            base = {"layer": name, "type": "SparseWinogradConv2d",
-                    "shape": f"{mod.in_channels}->{mod.out_channels} {mod.r}x{mod.r} F({mod.m},{mod.r}) "
-                             f"block={mod.block[0]}x{mod.block[1]}",
-                    "eligible": "converted", "winograd_sparsity": mod.winograd_sparsity()}
-            decisions = mod.dispatch_decisions()
-            if not decisions:
-                rows.append({**base, "input": None, "chosen": None, "source": None, "times_ms": {},
-                             "why": f"backend={mod.backend}; decided on first use"})
-            for key, d in decisions.items():
-                dev, dtype, nb, h, w, cl = key
-                inp = f"{dev} {str(dtype).removeprefix('torch.')} N<={nb} {h}x{w}{' channels_last' if cl else ''}"
-                rows.append({**base, "input": inp, "chosen": d.label(), "source": d.source, "times_ms": d.times_ms,
-                             "why": d.reason})
-        elif isinstance(mod, torch.nn.Conv2d) or type(mod).__name__ == "WinogradConv2d":
-            reason = log.get(name) or ineligible_reason(mod) or "eligible, not converted"
-            w = getattr(mod, "weight", None)
-            shape = "x".join(map(str, w.shape)) if w is not None else type(mod).__name__
-            rows.append({"layer": name, "type": type(mod).__name__, "shape": shape, "eligible": reason,
-                         "winograd_sparsity": None, "input": None, "chosen": "conv2d (not converted)",
-                         "source": None, "times_ms": {}, "why": reason})
-    return rows

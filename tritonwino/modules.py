@@ -1,5 +1,5 @@
-"""``nn.Module`` integration: ``SparseWinogradConv2d`` and ``convert`` (re-exported by
-``tritonwino.sparse_conv``).
+"""``nn.Module`` integration: ``SparseWinogradConv2d``, ``convert``, ``compact_state_dict``,
+``tune_model`` and ``explain`` (all re-exported by ``tritonwino.sparse_conv``).
 
 A converted layer keeps only the packed Winograd-domain weight (values + indices + offsets as
 buffers) and the bias; its ``state_dict`` holds exactly those plus the metadata (tile, points,
@@ -18,11 +18,13 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _checks, dispatch, ops, reference
-from .packing import PackedWinogradWeight, _check_block, pack_winograd_weight
-from .transforms import normalize_points
+from . import _checks, dispatch, functional, reference
+from .packing import PackedWinogradWeight, check_kernel_block, pack_winograd_weight, packed_from_arrays
+from .tables import format_cell, markdown_table
+from .transforms import normalize_points, spatial_from_winograd
 
-__all__ = ["SparseWinogradConv2d", "compact_state_dict", "convert", "ineligible_reason"]
+__all__ = ["ExplainTable", "SparseWinogradConv2d", "compact_state_dict", "convert", "explain", "ineligible_reason",
+           "tune_model"]
 
 logger = logging.getLogger("tritonwino")
 
@@ -39,8 +41,19 @@ class SparseWinogradConv2d(torch.nn.Module):
     reach earlier layers; the Triton path is inference-only and says so. To *train* the weight, use
     ``tritonwino.pruning.WinogradConv2d`` and convert afterwards.
 
-    ``backend``: ``"auto"`` (measured dispatch, see ``tritonwino.dispatch``), ``"torch"`` or
-    ``"triton"`` (always the sparse path of that backend).
+    Args:
+        packed: the packed Winograd-domain weight (``pack_winograd_weight``).
+        bias: optional (K,) bias.
+        padding: int or (ph, pw).
+        backend: ``"auto"`` (measured dispatch among conv2d / dense / sparse Winograd, see
+            ``tritonwino.dispatch``), ``"torch"`` or ``"triton"`` (always the sparse path of that backend).
+
+    Example:
+        >>> conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+        >>> layer = SparseWinogradConv2d.from_conv2d(conv, m=4, block=(16, 1))
+        >>> x = torch.randn(2, 8, 12, 12)
+        >>> bool(torch.allclose(layer(x), conv(x), atol=1e-4))
+        True
     """
 
     packed_values: torch.Tensor
@@ -79,7 +92,7 @@ class SparseWinogradConv2d(torch.nn.Module):
         ``spatial_mask`` if spatial pruning attached one), its exact zeros are the sparsity. Pass ``q``
         to use a Winograd-domain weight directly. A ``tritonwino.pruning.WinogradConv2d`` is taken as
         well (its own tile, points and mask; ``m``/``points`` are then ignored)."""
-        if _is_winograd_layer(conv):
+        if _packs_itself(conv):
             return cls.from_winograd_conv2d(conv, block, backend)
         reason = ineligible_reason(conv)
         if reason:
@@ -98,20 +111,24 @@ class SparseWinogradConv2d(torch.nn.Module):
     @classmethod
     def from_winograd_conv2d(cls, layer: torch.nn.Module, block: Sequence[int] = (16, 1),
                              backend: str = "auto") -> SparseWinogradConv2d:
-        """Build from a pruned ``tritonwino.pruning.WinogradConv2d`` (Q times its mask; the layer is
-        not modified)."""
-        if not _is_winograd_layer(layer):
-            raise TypeError(f"expected a tritonwino.pruning.WinogradConv2d, got {type(layer).__name__}")
-        q = layer.q.detach() * layer.mask.to(layer.q.dtype)
-        packed = pack_winograd_weight(q, block, r=layer.r, points=layer.points, dtype=torch.float32)
-        return cls(packed, layer.bias, layer.padding, backend)
+        """Build from a layer that packs itself, such as a pruned ``tritonwino.pruning.WinogradConv2d``:
+        anything with ``to_packed(block) -> PackedWinogradWeight`` and ``bias`` / ``padding``
+        attributes (the layer is not modified)."""
+        if not _packs_itself(layer):
+            raise TypeError(f"expected a layer with a to_packed(block) method (e.g. tritonwino.pruning."
+                            f"WinogradConv2d), got {type(layer).__name__}")
+        return cls(layer.to_packed(block), layer.bias, layer.padding, backend)
 
     # ---- the packed weight and its derived forms ----------------------------------------------
     @property
     def packed(self) -> PackedWinogradWeight:
         """The packed weight over this module's buffers (validated once per buffer version)."""
-        return ops.packed_from_arrays(self.packed_values, self.packed_indices, self.packed_offsets, self.m, self.r,
+        return packed_from_arrays(self.packed_values, self.packed_indices, self.packed_offsets, self.m, self.r,
                                       self.out_channels, self.in_channels, self.block, self.group_k, self.points)
+
+    def _packed_view(self) -> PackedWinogradWeight:
+        return PackedWinogradWeight(self.packed_values, self.packed_indices, self.packed_offsets, self.m, self.r,
+                                    self.out_channels, self.in_channels, self.block, self.group_k, self.points)
 
     def _token(self) -> tuple:
         v = self.packed_values
@@ -126,17 +143,10 @@ class SparseWinogradConv2d(torch.nn.Module):
         conv2d would compute a different function, so it is not offered."""
         token = self._token()
         if self._exact is None or self._exact[0] != token or (self._exact[1] and self._w_spatial is None):
-            q = self.packed.unpack().to(torch.float64)
-            _, g, _ = reference.matrices(self.m, self.r, self.points)
-            s = torch.kron(g, g).t().to(q.device)  # (r², n²): vec(W) @ s = vec(G W Gᵀ)
-            qf = q.reshape(self.out_channels * self.in_channels, -1)
-            wf = qf @ torch.linalg.pinv(s)
-            scale = float(qf.abs().max()) if qf.numel() else 0.0
-            resid = float((wf @ s - qf).abs().max()) if qf.numel() else 0.0
-            exact = resid <= 64 * torch.finfo(self.packed_values.dtype).eps * max(scale, 1e-30)
-            self._w_spatial = (wf.reshape(self.out_channels, self.in_channels, self.r, self.r)
-                               .to(self.packed_values.dtype) if exact else None)
-            self._exact = (token, exact)
+            tol = 64 * torch.finfo(self.packed_values.dtype).eps
+            w = spatial_from_winograd(self.packed.unpack(), self.m, self.r, self.points, rel_tol=tol)
+            self._w_spatial = None if w is None else w.to(self.packed_values.dtype)
+            self._exact = (token, w is not None)
         return self._w_spatial if self._exact[1] else None
 
     @torch.inference_mode(False)  # cached for later forwards, which autograd may record
@@ -193,38 +203,26 @@ class SparseWinogradConv2d(torch.nn.Module):
         x = _autocast_input(x)
         if x.shape[0] == 0:
             ho, wo = _checks.output_size(x.shape[2], x.shape[3], self.r, self.padding)
-            return ops._out_like(x, self.out_channels, ho, wo)
+            return _checks.empty_output(x, self.out_channels, ho, wo)
         path, backend = self._route(x)
         return self.run_path(x, path, backend)
 
     def run_path(self, x: torch.Tensor, path: str, backend: str) -> torch.Tensor:
         """Run one path explicitly (dispatch measures with this)."""
         bias = self.bias
-        ph, pw = self.padding
         if path == "conv2d":
             w = self._w_spatial if self._w_spatial is not None else self.spatial_weight()
             if w is None:
                 raise ValueError("this layer's Q has no exact spatial weight, so conv2d cannot run it")
             return F.conv2d(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype), padding=self.padding)
-        if path not in ("dense", "sparse"):
-            raise ValueError(f"path must be 'conv2d', 'dense' or 'sparse', got {path!r}")
-        pts = ops.points_str(self.points)
-        if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
-            if backend == "triton":
-                raise RuntimeError(
-                    "SparseWinogradConv2d: the Triton path is inference-only (no backward); run under "
-                    "torch.no_grad()/inference_mode(), or use backend='torch' to backpropagate to the input")
-            if path == "dense":
-                q_pck = self._q_pck if self._q_pck is not None else self.dense_weight()
-                return reference.winograd_conv2d_pck(x, q_pck.transpose(1, 2), bias, self.padding, self.m, self.r,
-                                                     self.points)
-            return reference.sparse_winograd_conv2d(x, self.packed, bias, self.padding)
         if path == "dense":
             q_pck = self._q_pck if self._q_pck is not None else self.dense_weight()
-            return ops.winograd_conv2d_pck_op(x, q_pck, bias, ph, pw, self.m, self.r, pts, backend, False)
-        return ops.sparse_winograd_conv2d_op(
-            x, self.packed_values, self.packed_indices, self.packed_offsets, bias, ph, pw, self.m, self.r,
-            self.out_channels, self.in_channels, self.block[0], self.block[1], self.group_k, pts, backend, False)
+            return functional.winograd_conv2d_pck(x, q_pck, bias, self.padding, self.m, self.r, self.points, backend)
+        if path == "sparse":
+            # While tracing, validation (data-dependent) must stay inside the op: pass a plain view.
+            packed = self._packed_view() if torch.compiler.is_compiling() else self.packed
+            return functional.sparse_winograd_conv2d(x, packed, bias, self.padding, backend)
+        raise ValueError(f"path must be 'conv2d', 'dense' or 'sparse', got {path!r}")
 
     # ---- state_dict -------------------------------------------------------------------------
     def get_extra_state(self) -> dict:
@@ -247,7 +245,7 @@ class SparseWinogradConv2d(torch.nn.Module):
                     f"{what}={mine[key]!r} (F({self.m},{self.r}), {self.in_channels}->{self.out_channels}); "
                     "a packed weight only loads into a layer of the same tile, points and shape")
         try:
-            _check_block(tuple(meta["block"]))
+            check_kernel_block(tuple(meta["block"]))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where}: bad block in state_dict metadata: {e}") from e
 
@@ -302,11 +300,11 @@ class SparseWinogradConv2d(torch.nn.Module):
                 f"{chosen}")
 
 
-def _is_winograd_layer(mod: object) -> bool:
-    # Imported lazily: the pruning package is optional for users who only run converted models.
-    from .pruning import WinogradConv2d
-
-    return isinstance(mod, WinogradConv2d)
+def _packs_itself(mod: object) -> bool:
+    """A layer that knows its own packed Winograd-domain weight (e.g. a pruned
+    ``tritonwino.pruning.WinogradConv2d``): the core recognises it by this protocol, never by
+    importing the pruning package."""
+    return not isinstance(mod, SparseWinogradConv2d) and callable(getattr(mod, "to_packed", None))
 
 
 def _autocast_input(x: torch.Tensor) -> torch.Tensor:
@@ -321,7 +319,7 @@ def ineligible_reason(conv: torch.nn.Module) -> str | None:
     """Why a module cannot become a SparseWinogradConv2d (None if it can)."""
     if isinstance(conv, SparseWinogradConv2d):
         return "already a SparseWinogradConv2d"
-    if _is_winograd_layer(conv):
+    if _packs_itself(conv):
         return None
     if not isinstance(conv, torch.nn.Conv2d):
         return "not an nn.Conv2d"
@@ -334,22 +332,37 @@ def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
     """Swap every eligible conv of ``model`` (in place) for a ``SparseWinogradConv2d``.
 
     Eligible: ``nn.Conv2d`` with an odd square kernel > 1, stride 1, dilation 1, groups 1, zero
-    padding; and pruned ``tritonwino.pruning.WinogradConv2d`` layers (which keep their own tile).
-    ``filter_fn(module, fqn) -> bool`` (as in torchao) restricts which are swapped. Works on nested
-    modules and ``nn.Sequential``; if ``model`` itself is eligible the new layer is returned.
-    The swaps and skips are recorded in ``model.tritonwino_conversion`` as (name, "swapped" |
-    reason) pairs and summarised in one INFO line on the ``tritonwino`` logger.
+    padding; and layers that pack themselves (pruned ``tritonwino.pruning.WinogradConv2d``, which
+    keep their own tile). Works on nested modules and ``nn.Sequential``; if ``model`` itself is
+    eligible the new layer is returned. The swaps and skips are recorded in
+    ``model.tritonwino_conversion`` as (name, "swapped" | reason) pairs and summarised in one INFO
+    line on the ``tritonwino`` logger.
+
+    Args:
+        model: the (pruned) model; changed in place.
+        m: output tile of F(m, r) for spatial convolutions.
+        block: packing granularity (see ``pack_winograd_weight``).
+        filter_fn: ``filter_fn(module, fqn) -> bool`` (as in torchao) restricts which are swapped.
+        backend: ``"auto"`` (measured dispatch), ``"torch"`` or ``"triton"`` for every swapped layer.
+        points: interpolation points for spatial convolutions (default: the standard set).
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+        ...                           torch.nn.Conv2d(16, 16, 1))
+        >>> net = convert(net)
+        >>> net.tritonwino_conversion
+        [('0', 'swapped'), ('2', '1x1 kernel (Winograd gives no saving)')]
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _checks.check_backend(backend)
-    _check_block(tuple(block) if isinstance(block, list) else block)
+    check_kernel_block(block)
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError("filter_fn must be callable as filter_fn(module, fqn) -> bool")
     log: list[tuple[str, str]] = []
     replaced_root: torch.nn.Module | None = None
     for name, mod in list(model.named_modules()):
-        if not (isinstance(mod, torch.nn.Conv2d | SparseWinogradConv2d) or _is_winograd_layer(mod)):
+        if not (isinstance(mod, torch.nn.Conv2d | SparseWinogradConv2d) or _packs_itself(mod)):
             continue
         reason = ineligible_reason(mod)
         if reason is None and filter_fn is not None and not filter_fn(mod, name):
@@ -357,7 +370,7 @@ def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
         if reason:
             log.append((name, reason))
             continue
-        dev = (mod.q if _is_winograd_layer(mod) else mod.weight).device
+        dev = next(iter(mod.parameters()), torch.empty(0)).device
         new = SparseWinogradConv2d.from_conv2d(mod, m, block, backend, points).to(dev)
         if name == "":
             replaced_root = new
@@ -379,7 +392,13 @@ def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
 def compact_state_dict(model: torch.nn.Module, values_dtype: torch.dtype = torch.float16) -> dict:
     """``model.state_dict()`` with every packed-values buffer stored in ``values_dtype`` (a smaller
     file; Q is then rounded to that dtype). Loads with ``load_state_dict`` into a converted model,
-    whose buffers keep their own dtype. Everything else is unchanged."""
+    whose buffers keep their own dtype. Everything else is unchanged.
+
+    Example:
+        >>> net = convert(torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1)))
+        >>> compact_state_dict(net)["0.packed_values"].dtype
+        torch.float16
+    """
     if values_dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"values_dtype must be float16, bfloat16 or float32, got {values_dtype}")
     sd = model.state_dict()
@@ -388,3 +407,80 @@ def compact_state_dict(model: torch.nn.Module, values_dtype: torch.dtype = torch
             key = f"{name}.packed_values" if name else "packed_values"
             sd[key] = sd[key].to(values_dtype)
     return sd
+
+
+def tune_model(model: torch.nn.Module, example_input: torch.Tensor) -> ExplainTable:
+    """Measure every ``backend="auto"`` layer of ``model`` on the shapes ``example_input``
+    produces (the tuning cache is ignored and overwritten), then return :func:`explain`'s table.
+
+    Args:
+        model: a converted model (``convert``); other layers run as they are.
+        example_input: a batch of the shape the model will see (each batch-size bucket, H, W,
+            dtype and layout is its own decision).
+
+    Example:
+        >>> import tritonwino.sparse_conv as sc
+        >>> model = sc.convert(torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1)))
+        >>> table = sc.tune_model(model, torch.randn(1, 8, 14, 14))
+        >>> table[0]["chosen"] in ("conv2d", "dense-winograd/torch", "sparse-winograd/torch")
+        True
+    """
+    for mod in model.modules():
+        if isinstance(mod, SparseWinogradConv2d):
+            mod.reset_dispatch()
+    with dispatch.measuring(True), torch.inference_mode():
+        model(example_input)
+    return explain(model)
+
+
+class ExplainTable(list):
+    """Rows (dicts) of :func:`explain`; ``str()`` renders a markdown table."""
+
+    COLUMNS = ("layer", "type", "shape", "eligible", "winograd_sparsity", "input", "chosen", "source", "times_ms",
+               "why")
+
+    def __str__(self) -> str:
+        def cell(v) -> str:
+            if isinstance(v, dict):
+                return ", ".join(f"{k} {t:.3g}" for k, t in v.items())
+            return format_cell(v, "{:.1%}")
+
+        return markdown_table(self, self.COLUMNS, cell)
+
+
+def explain(model: torch.nn.Module) -> ExplainTable:
+    """One row per convolution of ``model`` (and per input bucket a converted layer has seen):
+    layer, shape, eligible or why not, Winograd sparsity, the chosen path and the measured times
+    behind the choice. Layers not run yet show ``chosen=None`` (decided on first use).
+
+    Example:
+        >>> import tritonwino.sparse_conv as sc
+        >>> model = sc.convert(torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1)))
+        >>> print(sc.explain(model))  # doctest: +ELLIPSIS
+        | layer | type | ...
+    """
+    log = dict(getattr(model, "tritonwino_conversion", []))
+    rows = ExplainTable()
+    for name, mod in model.named_modules():
+        if isinstance(mod, SparseWinogradConv2d):
+            base = {"layer": name, "type": "SparseWinogradConv2d",
+                    "shape": f"{mod.in_channels}->{mod.out_channels} {mod.r}x{mod.r} F({mod.m},{mod.r}) "
+                             f"block={mod.block[0]}x{mod.block[1]}",
+                    "eligible": "converted", "winograd_sparsity": mod.winograd_sparsity()}
+            decisions = mod.dispatch_decisions()
+            if not decisions:
+                rows.append({**base, "input": None, "chosen": None, "source": None, "times_ms": {},
+                             "why": f"backend={mod.backend}; decided on first use"})
+            for key, d in decisions.items():
+                dev, dtype, nb, h, w, cl = key
+                inp = f"{dev} {str(dtype).removeprefix('torch.')} N<={nb} {h}x{w}{' channels_last' if cl else ''}"
+                rows.append({**base, "input": inp, "chosen": d.label(), "source": d.source, "times_ms": d.times_ms,
+                             "why": d.reason})
+        elif isinstance(mod, torch.nn.Conv2d) or _packs_itself(mod):
+            reason = log.get(name) or ineligible_reason(mod) or "eligible, not converted"
+            w = getattr(mod, "weight", None)
+            shape = "x".join(map(str, w.shape)) if w is not None else type(mod).__name__
+            rows.append({"layer": name, "type": type(mod).__name__, "shape": shape, "eligible": reason,
+                         "winograd_sparsity": None, "input": None, "chosen": "conv2d (not converted)",
+                         "source": None, "times_ms": {}, "why": reason})
+    return rows

@@ -16,15 +16,18 @@ Arrays (``G = ceil(K / group_k)``, ``P = n²``; groups ordered ``p * G + g``):
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
 
+from . import _checks
 from .transforms import normalize_points
 
-__all__ = ["PackedWinogradWeight", "pack_winograd_weight", "index_dtype", "SUPPORTED_GROUP_K"]
+__all__ = ["PackedWinogradWeight", "SUPPORTED_GROUP_K", "check_kernel_block", "index_dtype", "pack_winograd_weight",
+           "packed_from_arrays"]
 
 # Output-channel group sizes the sparse kernel can run: tl.dot needs >= 16 rows on tensor cores.
 SUPPORTED_GROUP_K = (16, 32, 64)
@@ -180,18 +183,15 @@ class PackedWinogradWeight:
         normalize_points(self.m, self.r, self.points)
 
 
-def _check_block(block: Sequence[int]) -> tuple[int, int]:
-    if (not isinstance(block, tuple | list) or len(block) != 2
-            or not all(isinstance(b, int) and not isinstance(b, bool) for b in block)):
-        raise ValueError(f"block must be a pair of ints (bk, bc), got {block!r}")
-    bk, bc = int(block[0]), int(block[1])
+def check_kernel_block(block: object) -> tuple[int, int]:
+    """The granularities the sparse kernel runs: ``_checks.check_block`` plus bk in {1, 16, 32, 64}
+    (bk = 1 is element granularity, grouped by ``group_k`` output channels when packed)."""
+    bk, bc = _checks.check_block(block)
     if bk != 1 and bk not in SUPPORTED_GROUP_K:
         raise ValueError(
             f"block=({bk}, {bc}): bk must be 1 (element granularity, grouped by the kernel's "
             f"BLOCK_K) or one of {SUPPORTED_GROUP_K} so that a group feeds a tensor-core dot"
         )
-    if bc < 1:
-        raise ValueError(f"block=({bk}, {bc}): bc must be >= 1")
     return bk, bc
 
 
@@ -205,12 +205,29 @@ def pack_winograd_weight(
 ) -> PackedWinogradWeight:
     """Pack a Winograd-domain weight ``q`` (K, C, n, n) whose exact zeros are pruned entries.
 
-    ``block=(bk, bc)``: ``(1, 1)`` element granularity (the packer groups output channels by
-    ``group_k``, default 16, keeping a channel if any member of the group keeps it); ``(bk, 1)``
-    with bk in 16/32/64 keeps or drops input channels per group of bk output channels;
-    ``(bk, bc)`` additionally keeps input channels in blocks of bc. ``points`` are those ``q``
-    was built with (default: the library's default for F(n − r + 1, r)). ``dtype`` is the storage
-    dtype of the values (default: ``q.dtype``, which makes ``unpack()`` exact).
+    Per position and group of ``group_k`` output channels, the input channels any member of the
+    group still uses are kept (docs/notation.md, "The packed sparse weight").
+
+    Args:
+        q: Winograd-domain weight G W Gᵀ (K, C, n, n), finite, floating; zeros are pruned.
+        block: ``(bk, bc)``; ``(1, 1)`` element granularity (grouped by ``group_k``, default 16);
+            ``(bk, 1)`` with bk in 16/32/64 keeps or drops input channels per group of bk output
+            channels; ``(bk, bc)`` additionally keeps input channels in blocks of bc.
+        r: kernel size; the tile is F(n − r + 1, r).
+        points: the interpolation points ``q`` was built with (default: the library's standard set).
+        dtype: storage dtype of the values (default ``q.dtype``, which makes ``unpack()`` exact).
+        group_k: output channels per group for element granularity (16, 32 or 64).
+
+    Returns:
+        A validated ``PackedWinogradWeight``.
+
+    Example:
+        >>> from tritonwino import reference
+        >>> q = reference.winograd_weight(torch.randn(32, 16, 3, 3), 4)
+        >>> q[:16, :8] = 0  # the first 16 output channels drop half of their inputs
+        >>> p = pack_winograd_weight(q.float(), block=(16, 1))
+        >>> p.density
+        0.75
     """
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
@@ -227,7 +244,7 @@ def pack_winograd_weight(
     pts = normalize_points(m, r, points)
     if not torch.isfinite(q).all():
         raise ValueError("q contains NaN or Inf: pack only finite weights")
-    bk, bc = _check_block(block)
+    bk, bc = check_kernel_block(block)
     if group_k is None:
         group_k = DEFAULT_ELEMENT_GROUP_K if bk == 1 else bk
     elif bk != 1 and group_k != bk:
@@ -263,6 +280,41 @@ def pack_winograd_weight(
         m=m, r=r, K=k, C=c, block=(bk, bc), group_k=group_k,
         points=tuple(str(p) for p in pts),
     )
+    return packed
+
+# --------------------------------------------------------------------------------------------
+# packed arrays -> PackedWinogradWeight, cached per tensor identity
+# --------------------------------------------------------------------------------------------
+# Rebuilding the PackedWinogradWeight on every call would throw away its cast / padded-slab
+# caches (the torch path's padded slabs need a host sync to build) and re-run validate(), which
+# also syncs. Entries are keyed by id(values) and checked by identity and version counters, so a
+# freed tensor whose id is reused, or an in-place edit, can never hit a stale entry.
+_REGISTRY: dict[int, tuple] = {}
+
+
+def _forget(registry: dict, key: int, ref: weakref.ref) -> None:
+    # registry is bound at insert time: at interpreter shutdown module globals may already be None
+    entry = registry.get(key)
+    if entry is not None and entry[0] is ref:
+        del registry[key]
+
+
+def packed_from_arrays(values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, m: int, r: int,
+                       k: int, c: int, block: tuple[int, int], group_k: int,
+                       points: tuple[str, ...]) -> PackedWinogradWeight:
+    """The ``PackedWinogradWeight`` over these arrays, validated once per array version (ValueError
+    if corrupt); the same object (with its caches) comes back while the arrays are unchanged."""
+    meta = (m, r, k, c, tuple(block), group_k, tuple(points))
+    versions = (values._version, indices._version, offsets._version)
+    key = id(values)
+    entry = _REGISTRY.get(key)
+    if (entry is not None and entry[0]() is values and entry[1]() is indices and entry[2]() is offsets
+            and entry[3] == versions and entry[4] == meta):
+        return entry[5]
+    packed = PackedWinogradWeight(values, indices, offsets, m, r, k, c, tuple(block), group_k, tuple(points))
+    packed.validate()
+    vref = weakref.ref(values, lambda ref, key=key, reg=_REGISTRY: _forget(reg, key, ref))
+    _REGISTRY[key] = (vref, weakref.ref(indices), weakref.ref(offsets), versions, meta, packed)
     return packed
 
 

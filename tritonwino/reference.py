@@ -117,8 +117,8 @@ def input_transform(
 
 
 def winograd_gemm(v: torch.Tensor, q_pck: torch.Tensor) -> torch.Tensor:
-    """``M_p = Q_p V_p`` for every position: v (P, C, T), q_pck (P, K, C) -> (P, K, T)."""
-    return torch.matmul(q_pck, v)
+    """``M_p = Q_pᵀ V_p`` for every position: v (P, C, T), q_pck (P, C, K) -> M (P, K, T)."""
+    return torch.matmul(q_pck.transpose(1, 2), v)
 
 
 def output_transform(
@@ -187,10 +187,8 @@ def sparse_winograd_conv2d(
 
 
 def _finish(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    y = y.to(x.dtype)
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        y = y.contiguous(memory_format=torch.channels_last)
-    return y
+    # x's dtype and layout, and a dense result: the slicing of partial tiles leaves a strided view
+    return y.to(x.dtype).contiguous(memory_format=_checks.memory_format_of(x))
 
 
 def winograd_conv2d_q(
@@ -212,7 +210,7 @@ def winograd_conv2d_q(
     if q.dim() != 4 or q.shape[2] != n or q.shape[3] != n:
         raise ValueError(f"q must have shape (K, C, {n}, {n}) for F({m},{r}), got {tuple(q.shape)}")
     k, c = q.shape[:2]
-    return winograd_conv2d_pck(x, q.permute(2, 3, 0, 1).reshape(n * n, k, c), bias, pad, m, r, points, relu)
+    return winograd_conv2d_pck(x, q.permute(2, 3, 1, 0).reshape(n * n, c, k), bias, pad, m, r, points, relu)
 
 
 def winograd_conv2d_pck(
@@ -225,9 +223,9 @@ def winograd_conv2d_pck(
     points=None,
     relu: bool = False,
 ) -> torch.Tensor:
-    """Winograd convolution from a position-major weight ``q_pck`` (P, K, C) — the layout the GEMM
+    """Winograd convolution from a position-major weight ``q_pck`` (P, C, K) — the layout the GEMM
     uses, so a module can keep it and skip a per-call permute of the whole weight."""
-    _, k, c = q_pck.shape
+    _, c, k = q_pck.shape
     _checks.check_input(x, c)
     _checks.check_bias(bias, k)
     _checks.check_same_device(x=x, q=q_pck, bias=bias)

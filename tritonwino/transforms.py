@@ -25,6 +25,7 @@ __all__ = [
     "winograd_matrices_exact",
     "tile_size",
     "winograd_kron",
+    "spatial_from_winograd",
 ]
 
 Point = Fraction
@@ -230,3 +231,36 @@ def winograd_kron(
     kb = torch.einsum("ia,jb->abij", bt, bt).reshape(n * n, n * n)
     ka = torch.einsum("pi,qj->ijpq", at, at).reshape(n * n, m * m)
     return kb, ka
+
+
+def spatial_from_winograd(q: torch.Tensor, m: int, r: int, points: Sequence[object] | None = None,
+                          rel_tol: float = 64 * torch.finfo(torch.float32).eps) -> torch.Tensor | None:
+    """The spatial weight W (K, C, r, r) with ``G W Gᵀ = q``, or None when ``q`` has none.
+
+    ``W = G⁺ q G⁺ᵀ`` in float64 (``q`` is (K, C, n, n) of F(m, r)); ``q`` lies in the range of
+    ``W -> G W Gᵀ`` iff the residual is at rounding level, ``rel_tol`` times ``max |q|``. A
+    spatially pruned layer passes; Winograd-domain pruning leaves ``q`` outside that range, and
+    then a spatial convolution would compute a different function. Returns float64.
+
+    Example:
+        >>> w = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+        >>> _, g, _ = winograd_matrices(4, 3)
+        >>> w2 = spatial_from_winograd(g @ w @ g.t(), 4, 3)
+        >>> bool(torch.allclose(w, w2))
+        True
+    """
+    n = tile_size(m, r)
+    if q.dim() != 4 or q.shape[2:] != (n, n):
+        raise ValueError(f"q must be (K, C, {n}, {n}) for F({m},{r}), got {tuple(q.shape)}")
+    k, c = q.shape[:2]
+    _, g, _ = winograd_matrices(m, r, points)
+    s = torch.kron(g, g).t().to(q.device)  # (r², n²): vec(W) @ s = vec(G W Gᵀ)
+    qf = q.to(torch.float64).reshape(k * c, n * n)
+    if qf.numel() == 0:
+        return torch.zeros(k, c, r, r, dtype=torch.float64, device=q.device)
+    wf = qf @ torch.linalg.pinv(s)
+    scale = float(qf.abs().max())
+    resid = float((wf @ s - qf).abs().max())
+    if resid > rel_tol * max(scale, 1e-30):
+        return None
+    return wf.reshape(k, c, r, r)

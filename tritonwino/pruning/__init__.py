@@ -13,10 +13,9 @@ from .helpers import (
     importance_factor,
     li_importance,
     position_support,
-    winograd_sparsity,
     winograd_weight,
 )
-from .layers import WinogradConv2d, WinogradWeight, convert_to_winograd, eligible_convs
+from .layers import WinogradConv2d, WinogradWeight, convert_to_winograd, eligible_convs, winograd_sparsity
 from .masks import (
     prune_spatial_magnitude,
     prune_spatial_structured,

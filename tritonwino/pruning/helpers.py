@@ -1,7 +1,7 @@
 """Shared helpers: Winograd-domain weight, the sparsity metric, the importance factor matrix,
 supports of G⊗G rows, channel-group reductions and the per-layer threshold bisection.
 
-Source tags follow ``reference/algorithms.md``: **[code]** = the authors' code
+Source tags (as in docs/pruning.md): **[code]** = the authors' code
 (``jiecaoyu/winograd``), **[derived]** = recomputed from the matrices, **[ours]** = a choice made
 in this library.
 """
@@ -12,16 +12,15 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
 
 from .. import _checks
+from .._checks import check_block
 from ..reference import matrices
 from ..reference import winograd_weight as _winograd_weight_points
-from ..transforms import normalize_points, tile_size
+from ..transforms import normalize_points
 
 __all__ = [
     "winograd_weight",
-    "winograd_sparsity",
     "importance_factor",
     "li_importance",
     "position_support",
@@ -38,7 +37,7 @@ def points_key(m: int, r: int, points: Sequence[object] | None) -> tuple[str, ..
     return tuple(str(p) for p in normalize_points(m, r, points))
 
 
-def _check_m(m: object) -> int:
+def check_m(m: object) -> int:
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise ValueError(f"m (output tile size) must be an int >= 1, got {m!r}")
     return m
@@ -49,50 +48,8 @@ def winograd_weight(weight: torch.Tensor, m: int, points: Sequence[object] | Non
 
     Cast the result yourself (``.float()``) after it has been computed in float64.
     """
-    _check_m(m)
+    check_m(m)
     return _winograd_weight_points(weight, m, points)
-
-
-def winograd_sparsity(
-    weight_or_q: torch.Tensor | nn.Module, m: int, r: int = 3, points: Sequence[object] | None = None
-) -> float:
-    """The paper's metric [code ``print_mask_info_winograd``]: the fraction of exact zeros of ``Q``.
-
-    ``weight_or_q`` may be
-    - a spatial weight (K, C, r, r): ``Q = G W Gᵀ`` is computed in float64 first;
-    - a Winograd-domain weight (K, C, n, n), n = m + r − 1 (taken as is);
-    - an ``nn.Conv2d`` (its weight) or a ``WinogradConv2d`` (its ``q``; ``m`` must match the layer's).
-
-    With m == 1 (n == r) a tensor is read as a spatial weight. For a whole model use
-    :func:`tritonwino.pruning.model_winograd_sparsity`.
-    """
-    from .layers import WinogradConv2d
-
-    _check_m(m)
-    if isinstance(weight_or_q, WinogradConv2d):
-        if weight_or_q.m != m:
-            raise ValueError(f"layer was built for F({weight_or_q.m},{weight_or_q.r}) but m={m} was given")
-        q = weight_or_q.q.detach()
-        return float((q == 0).sum()) / q.numel()
-    if isinstance(weight_or_q, nn.Conv2d):
-        weight_or_q = weight_or_q.weight
-    if not isinstance(weight_or_q, torch.Tensor):
-        raise TypeError(
-            f"weight_or_q must be a tensor, nn.Conv2d or WinogradConv2d, got {type(weight_or_q).__name__}"
-        )
-    if weight_or_q.dim() != 4 or weight_or_q.shape[2] != weight_or_q.shape[3]:
-        raise ValueError(f"expected a (K, C, s, s) tensor, got shape {tuple(weight_or_q.shape)}")
-    s = weight_or_q.shape[-1]
-    n = tile_size(m, r)
-    if s == r:
-        q = winograd_weight(weight_or_q.detach(), m, points)
-    elif s == n:
-        q = weight_or_q.detach()
-    else:
-        raise ValueError(
-            f"last dims {s}x{s} match neither a spatial {r}x{r} kernel nor a {n}x{n} Winograd tile of F({m},{r})"
-        )
-    return float((q == 0).sum()) / q.numel()
 
 
 def importance_factor(m: int, r: int, points: Sequence[object] | None = None) -> torch.Tensor:
@@ -108,7 +65,7 @@ def importance_factor(m: int, r: int, points: Sequence[object] | None = None) ->
     F(2,3) and F(4,3) matrices; the authors' F(4×4,5×5) matrices (NNPACK) carry factors in Aᵀ, so
     their F̂ (max 78.1) differs from the one computed here for F(4,5) (max ≈ 19.5).
     """
-    _check_m(m)
+    check_m(m)
     at, _, bt = matrices(m, r, points)
     v = at.norm(dim=0) * bt.norm(dim=1)
     f = torch.outer(v, v)
@@ -122,7 +79,7 @@ def li_importance(m: int, r: int, points: Sequence[object] | None = None) -> tor
     is pruning ``|Q| · outer(a, a) < τ_0`` with ``a_x = ‖Aᵀ[:, x]‖₂``. Normalised to min 1 [ours;
     the scale is irrelevant because τ_0 is searched per layer].
     """
-    _check_m(m)
+    check_m(m)
     at, _, _ = matrices(m, r, points)
     a = at.norm(dim=0)
     f = torch.outer(a, a)
@@ -135,22 +92,6 @@ def position_support(m: int, r: int, points: Sequence[object] | None = None) -> 
     _, g, _ = matrices(m, r, points)
     s = torch.kron(g, g)
     return s != 0
-
-
-def check_block(block: object) -> tuple[int, int]:
-    """Validate a granularity ``(bk, bc)``: (1, 1) element, (bk, 1) vector, (bk, bc) block."""
-    if isinstance(block, int) and not isinstance(block, bool):
-        block = (block, 1)
-    if (
-        not isinstance(block, tuple | list)
-        or len(block) != 2
-        or not all(isinstance(b, int) and not isinstance(b, bool) for b in block)
-    ):
-        raise ValueError(f"block must be a pair of ints (bk, bc), got {block!r}")
-    bk, bc = int(block[0]), int(block[1])
-    if bk < 1 or bc < 1:
-        raise ValueError(f"block sizes must be >= 1, got {(bk, bc)}")
-    return bk, bc
 
 
 def group_reduce(x: torch.Tensor, block: tuple[int, int], reduce: str = "max") -> torch.Tensor:

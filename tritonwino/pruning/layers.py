@@ -20,11 +20,12 @@ import torch
 from torch import nn
 
 from .. import _checks
+from ..packing import PackedWinogradWeight, pack_winograd_weight
 from ..reference import winograd_conv2d_q
 from ..transforms import normalize_points, tile_size
-from .helpers import points_key, position_support, winograd_weight
+from .helpers import check_m, points_key, position_support, winograd_weight
 
-__all__ = ["WinogradConv2d", "WinogradWeight", "convert_to_winograd", "eligible_convs"]
+__all__ = ["WinogradConv2d", "WinogradWeight", "convert_to_winograd", "eligible_convs", "winograd_sparsity"]
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,19 @@ class WinogradConv2d(nn.Module):
         b = None if self.bias is None else self.bias.detach().clone()
         return WinogradWeight(q, self.m, self.r, self.points, b, self.padding)
 
+    @torch.no_grad()
+    def to_packed(self, block: Sequence[int] = (16, 1), dtype: torch.dtype = torch.float32) -> PackedWinogradWeight:
+        """The packed weight of ``q ⊙ mask`` at granularity ``block`` (what ``convert`` and
+        ``SparseWinogradConv2d.from_conv2d`` build from this layer; the layer is not modified).
+
+        Example:
+            >>> layer = WinogradConv2d(8, 16, 3, padding=1)
+            >>> layer.to_packed((16, 1)).density
+            1.0
+        """
+        q = self.q.detach() * self.mask.to(self.q.dtype)
+        return pack_winograd_weight(q, block, r=self.r, points=self.points, dtype=dtype)
+
     def spatial_mask_of(self) -> torch.Tensor:
         raise ValueError(
             "a Winograd-direct layer has no spatial weight, so its mask has no spatial-domain form; "
@@ -205,14 +219,6 @@ def eligible_convs(model: nn.Module, r: int | None = None, kinds: tuple = (nn.Co
     return out
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent = model
-    *path, last = name.split(".")
-    for p in path:
-        parent = getattr(parent, p)
-    setattr(parent, last, new)
-
-
 def convert_to_winograd(
     model: nn.Module,
     m: int = 4,
@@ -233,6 +239,46 @@ def convert_to_winograd(
         if filter_fn is not None and not filter_fn(name, conv):
             continue
         layer = WinogradConv2d.from_conv2d(conv, m=m, points=points)
-        _set_module(model, name, layer)
+        model.set_submodule(name, layer)
         out[name] = layer
     return out
+
+
+def winograd_sparsity(
+    weight_or_q: torch.Tensor | nn.Module, m: int, r: int = 3, points: Sequence[object] | None = None
+) -> float:
+    """The paper's metric [code ``print_mask_info_winograd``]: the fraction of exact zeros of ``Q``.
+
+    ``weight_or_q`` may be
+    - a spatial weight (K, C, r, r): ``Q = G W Gᵀ`` is computed in float64 first;
+    - a Winograd-domain weight (K, C, n, n), n = m + r − 1 (taken as is);
+    - an ``nn.Conv2d`` (its weight) or a ``WinogradConv2d`` (its ``q``; ``m`` must match the layer's).
+
+    With m == 1 (n == r) a tensor is read as a spatial weight. For a whole model use
+    :func:`tritonwino.pruning.model_winograd_sparsity`.
+    """
+    check_m(m)
+    if isinstance(weight_or_q, WinogradConv2d):
+        if weight_or_q.m != m:
+            raise ValueError(f"layer was built for F({weight_or_q.m},{weight_or_q.r}) but m={m} was given")
+        q = weight_or_q.q.detach()
+        return float((q == 0).sum()) / q.numel()
+    if isinstance(weight_or_q, nn.Conv2d):
+        weight_or_q = weight_or_q.weight
+    if not isinstance(weight_or_q, torch.Tensor):
+        raise TypeError(
+            f"weight_or_q must be a tensor, nn.Conv2d or WinogradConv2d, got {type(weight_or_q).__name__}"
+        )
+    if weight_or_q.dim() != 4 or weight_or_q.shape[2] != weight_or_q.shape[3]:
+        raise ValueError(f"expected a (K, C, s, s) tensor, got shape {tuple(weight_or_q.shape)}")
+    s = weight_or_q.shape[-1]
+    n = tile_size(m, r)
+    if s == r:
+        q = winograd_weight(weight_or_q.detach(), m, points)
+    elif s == n:
+        q = weight_or_q.detach()
+    else:
+        raise ValueError(
+            f"last dims {s}x{s} match neither a spatial {r}x{r} kernel nor a {n}x{n} Winograd tile of F({m},{r})"
+        )
+    return float((q == 0).sum()) / q.numel()

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..transforms import normalize_points
 from .helpers import (
     check_block,
     check_target,
@@ -395,8 +396,6 @@ def finalize(
     ``m``/``points`` and cast to the weight's dtype (exact zeros survive the cast).
     Feed each result to ``pack_winograd_weight(w.q, block=..., r=w.r, points=w.points)``.
     """
-    from ..transforms import normalize_points
-
     model = _unwrap(model)
     mods = dict(model.named_modules())
     if layers is None:
@@ -427,8 +426,6 @@ def load_pruned_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     """
     model = _unwrap(model)
     mods = dict(model.named_modules())
-    from .layers import _set_module
-
     for key, val in state_dict.items():
         if key.endswith(".spatial_mask"):
             name = key[: -len(".spatial_mask")]
@@ -440,5 +437,5 @@ def load_pruned_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tens
             mod = mods.get(name)
             if isinstance(mod, nn.Conv2d):
                 layer = WinogradConv2d.from_conv2d(mod, m=val["m"], points=val["points"])
-                _set_module(model, name, layer)
+                model.set_submodule(name, layer)
     return model.load_state_dict(state_dict, strict=strict)

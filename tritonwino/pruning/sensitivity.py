@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..tables import markdown_table
 from .layers import WinogradConv2d, eligible_convs
+from .pruners import SpatialPruner, WinogradPruner
 
 __all__ = ["sensitivity_scan", "format_table"]
 
@@ -37,8 +39,6 @@ def sensitivity_scan(
     Returns rows ``{"layer", "sparsity_target", "winograd_sparsity", "metric"}`` (plus a
     ``"dense"`` row with the unpruned metric); prints the table and writes a CSV if ``path``.
     """
-    from .pruners import SpatialPruner, WinogradPruner
-
     if not callable(evaluate):
         raise TypeError("evaluate must be a callable model -> float")
     sparsities = [float(s) for s in sparsities]
@@ -76,8 +76,7 @@ def sensitivity_scan(
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table of sensitivity rows."""
-    lines = ["| layer | target | Winograd sparsity | metric |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['layer']} | {r['sparsity_target']:.2f} | {r['winograd_sparsity']:.4f} "
-                     f"| {r['metric']:.4f} |")
-    return "\n".join(lines)
+    def cell(v: object) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    return markdown_table(rows, ["layer", "sparsity_target", "winograd_sparsity", "metric"], cell)

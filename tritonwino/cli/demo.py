@@ -22,12 +22,23 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .benchmark import environment, markdown_table, time_ms, write_rows
+from ..env import environment
+from ..experiments.data import load_dataset
+from ..experiments.layers import input_shapes
+from ..experiments.models import SmallVGG
+from ..experiments.plotting import plot_accuracy, plot_memory, plot_speedup
+from ..experiments.rows import sparse_row, write_rows
+from ..experiments.training import Batches, accuracy, train
+from ..pruning import SpatialPruner, finalize
+from ..sparse_conv import SparseWinogradConv2d, convert, pack_winograd_weight, sparse_winograd_conv2d, tune_model
+from ..tables import markdown_table
+from ..testing import random_pruned_q
+from ..tuning import time_ms
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,41 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _evaluate(model: nn.Module, data, device: torch.device | str = "cpu", batch: int = 500) -> float:
-    model.eval()
-    correct = 0
-    x_all, y_all = data.tensors
-    with torch.inference_mode():
-        for i in range(0, len(x_all), batch):
-            pred = model(x_all[i:i + batch].to(device)).argmax(1).cpu()
-            correct += int((pred == y_all[i:i + batch]).sum())
-    return correct / max(1, len(x_all))
-
-
-def _train(model, data, steps: int, lr: float, pruner=None, desc: str = "train", batch: int = 64) -> None:
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    x_all, y_all = data.tensors
-    gen = torch.Generator().manual_seed(steps)
-    for _ in tqdm(range(steps), desc=desc, leave=False, file=sys.stderr):
-        idx = torch.randint(0, len(x_all), (batch,), generator=gen)
-        loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if pruner is not None:
-            pruner.step(opt)
-        else:
-            opt.step()
-
-
 def run(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .layer_bench import pruned_q, sparse_row
-    from .models import SmallVGG
-    from .plotting import plot_accuracy, plot_memory, plot_speedup
-    from .pruning import SpatialPruner, finalize
-    from .sparse_conv import SparseWinogradConv2d, convert, pack_winograd_weight, sparse_winograd_conv2d
-
     t_start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,13 +67,14 @@ def run(args: argparse.Namespace) -> int:
     m, block = 4, (16, 1)
 
     # 1. data + dense model ------------------------------------------------------------------
-    train, test, info = load_dataset(args.dataset, root=args.data_root,
+    train_set, test, info = load_dataset(args.dataset, root=args.data_root,
                                      train_limit=3000 if quick else 20000, test_limit=1000 if quick else 5000)
-    print(f"[1/6] dataset {info['name']}: {len(train)} train / {len(test)} test images, "
+    print(f"[1/6] dataset {info['name']}: {len(train_set)} train / {len(test)} test images, "
           f"{info['image_size']}x{info['image_size']}", file=sys.stderr)
     model = SmallVGG(info["num_classes"], info["in_channels"], cfg=(32, "M", 64, 64, "M", 128, 128))
-    _train(model, train, 150 if quick else 900, 0.05, desc="dense training")
-    acc_dense = _evaluate(model, test)
+    batches = Batches(train_set, 64, seed=args.seed)
+    train(model, batches, 150 if quick else 900, 0.05, desc="dense training")
+    acc_dense = accuracy(model, test)
     print(f"      dense accuracy {acc_dense:.2%}", file=sys.stderr)
 
     # 2. spatial-Winograd pruning, step 1 ----------------------------------------------------
@@ -105,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
                    "winograd_sparsity": 0.0, "accuracy": acc_dense, "dataset": info["name"], **env}]
     for stage, target in enumerate(targets, 1):
         pruner.prune(target)
-        _train(model, train, 60 if quick else 300, 0.01, pruner, desc=f"retrain stage {stage}")
+        train(model, batches, 60 if quick else 300, 0.01, step=pruner.step, desc=f"retrain stage {stage}")
         sp = pruner.sparsity()
-        acc = _evaluate(model, test)
+        acc = accuracy(model, test)
         prune_rows.append({**prune_rows[0], "stage": stage, "target": target,
                            "winograd_sparsity": sp["overall"], "accuracy": acc, "timestamp": env["timestamp"]})
         print(f"[2/6] stage {stage}: target {target:.0%}, Winograd sparsity {sp['overall']:.1%}, "
@@ -134,22 +112,15 @@ def run(args: argparse.Namespace) -> int:
         y_ref, y_sparse, y_auto = pruned(x_test), sparse_model(x_test), converted(x_test)
     max_err = max(float((y - y_ref).abs().max() / y_ref.abs().max()) for y in (y_sparse, y_auto))
     agree = min(float((y.argmax(1) == y_ref.argmax(1)).float().mean()) for y in (y_sparse, y_auto))
-    acc_converted = _evaluate(sparse_model, test, device)
-    acc_pruned = _evaluate(pruned, test, device)
+    acc_converted = accuracy(sparse_model, test, device)
+    acc_pruned = accuracy(pruned, test, device)
     ok = max_err < 1e-4 and agree > 0.99
     print(f"[4/6] verify: max relative logit error {max_err:.2e}, top-1 agreement {agree:.1%}, "
           f"accuracy pruned {acc_pruned:.2%} / converted {acc_converted:.2%} -> {'OK' if ok else 'MISMATCH'}",
           file=sys.stderr)
 
     # 5. benchmark: per layer, whole model, and a sparsity sweep on the model's shapes -------------
-    shapes: dict[str, tuple] = {}
-    hooks = [mod.register_forward_hook(lambda mod, i, o, name=name: shapes.__setitem__(name, tuple(i[0].shape)))
-             for name, mod in pruned.named_modules() if name in finals]
-    with torch.inference_mode():
-        pruned(x_test[:1])
-    for h in hooks:
-        h.remove()
-    from .dispatch import tune_model
+    shapes = input_shapes(pruned, list(finals), x_test[:1])
 
     layer_rows, sweep_rows = [], []
     batches = [1, 32]
@@ -187,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         wt = torch.randn(k, c, 3, 3, generator=gen).to(device)
         t_conv = time_ms(lambda x=x, wt=wt: F.conv2d(x, wt, padding=1), device)
         for sparsity in (0.0, 0.5, 0.75, 0.9):
-            q = pruned_q(k, c, m, sparsity, block, gen)
+            q = random_pruned_q(k, c, m, 3, sparsity, block, generator=gen).float()
             packed = pack_winograd_weight(q, block).to(device)
             packed16 = pack_winograd_weight(q, block, dtype=torch.float16)
             t = time_ms(lambda x=x, packed=packed: sparse_winograd_conv2d(x, packed, None, 1, sparse_backend), device)
@@ -196,8 +167,6 @@ def run(args: argparse.Namespace) -> int:
     write_rows(sweep_rows, out, "sparsity_sweep")
 
     # 6. plots + report -------------------------------------------------------------------------
-    import pandas as pd
-
     plots = [plot_accuracy(pd.DataFrame(prune_rows), out / "accuracy_vs_sparsity.png"),
              plot_speedup(pd.DataFrame(sweep_rows), out / "speedup_vs_sparsity.png", 32),
              plot_memory(pd.DataFrame(sweep_rows), out / "memory_vs_sparsity.png")]

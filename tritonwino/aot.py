@@ -1,28 +1,18 @@
 """Ahead-of-time compile gate: compile every kernel config for sm_80 and sm_90 without a GPU.
 
-For every CompileSpec in tritonwino.kernels.registry (a kernel with one launch config) and every
-architecture, the kernel is compiled with ``triton.compile(ASTSource(...),
-target=GPUTarget("cuda", 80|90, 32))``; the resulting PTX is assembled by the ptxas shipped in
-the triton wheel (``ptxas`` for sm_80, ``ptxas-blackwell`` for sm_90a) with ``-v``, and the
-table reports registers per thread, spill bytes (stores + loads), shared memory (bytes, from
-the compiled metadata), whether tensor-core instructions (mma.sync / wgmma) appear in the PTX,
-and the compile time.
-
-Exit status is non-zero when any config fails to compile, spills registers, or is expected to
-use tensor cores (fp16/bf16/tf32 dot) but has no tensor-core instruction.
-
-Compilation never runs under TRITON_INTERPRET=1 (the command re-runs itself without it) and
-uses a private Triton cache directory.
+For every ``CompileSpec`` in ``tritonwino.kernels.registry`` (a kernel with one launch config) and
+every architecture, the kernel is compiled with ``triton.compile(ASTSource(...),
+target=GPUTarget("cuda", 80|90, 32))``; the resulting PTX is assembled by the ptxas shipped in the
+triton wheel (``ptxas`` for sm_80, ``ptxas-blackwell`` for sm_90a) with ``-v``, and each
+:class:`Row` records registers per thread, spill bytes, shared memory, whether tensor-core
+instructions (mma.sync / wgmma) appear in the PTX, and the compile time. The command line is
+``tritonwino compile-check`` (``tritonwino.cli.compile_check``).
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,8 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .tables import markdown_table
+
 ARCHS: dict[str, int] = {"sm_80": 80, "sm_90": 90}
-_CHILD_ENV = "TRITONWINO_COMPILE_CHECK_CHILD"
 _TC_RE = re.compile(r"\b(wgmma|mma)\.")
 _REGS_RE = re.compile(r"Used (\d+) registers")
 _SPILL_RE = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -79,10 +70,6 @@ class Row:
         return d
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def ptxas_path(cc: int) -> str:
     """The ptxas triton itself uses for compute capability ``cc`` (bundled in the wheel)."""
     try:
@@ -124,7 +111,7 @@ def has_tensor_core_instructions(ptx: str) -> bool:
     return _TC_RE.search(ptx) is not None
 
 
-def _short_error(e: BaseException) -> str:
+def short_error(e: BaseException) -> str:
     """One line: the error type, its first line and its last line (Triton's CompilationError puts
     the source excerpt in between and the cause last)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -179,7 +166,7 @@ def compile_one(spec: Any, arch: str, save_dir: Path | None = None) -> Row:
             raise RuntimeError(f"could not parse ptxas -v output: {log.strip()[:200]}")
     except Exception as e:  # noqa: BLE001 - every failure becomes a FAIL row
         row.status = "FAIL"
-        row.error = _short_error(e)
+        row.error = short_error(e)
     else:
         if row.spill_bytes:
             row.status = "SPILL"
@@ -240,18 +227,14 @@ def check_specs(specs: Sequence[Any], archs: Iterable[str] = ("sm_80", "sm_90"),
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    """A plain-text table with one line per row (columns: :data:`COLUMNS`)."""
-    def cell(r: Row, c: str) -> str:
-        v = {"config": r.config, "spill_bytes": r.spill_bytes,
+    """A markdown table with one line per row (columns: :data:`COLUMNS`)."""
+    def cell(r: Row, c: str) -> object:
+        v = {"spill_bytes": r.spill_bytes,
              "tensor_cores": None if r.tensor_cores is None else ("yes" if r.tensor_cores else "no"),
              "seconds": f"{r.seconds:.2f}"}.get(c, getattr(r, c, None))
-        return "-" if v is None else str(v)
+        return "-" if v is None else v
 
-    table = [list(COLUMNS)] + [[cell(r, c) for c in COLUMNS] for r in rows]
-    widths = [max(len(line[j]) for line in table) for j in range(len(COLUMNS))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return markdown_table([{c: cell(r, c) for c in COLUMNS} for r in rows], COLUMNS)
 
 
 def select_specs(specs: Sequence[Any], kernels: Sequence[str] | None = None,
@@ -265,112 +248,3 @@ def select_specs(specs: Sequence[Any], kernels: Sequence[str] | None = None,
         if limit is None or seen[s.kernel] <= limit:
             out.append(s)
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", action="append", choices=sorted(ARCHS),
-                        help="architecture to compile for (repeatable; default: sm_80 and sm_90)")
-    parser.add_argument("--kernel", action="append", metavar="NAME",
-                        help="only this kernel (repeatable), e.g. winograd_gemm")
-    parser.add_argument("--limit", type=int, metavar="N",
-                        help="only the first N configs of each kernel (a quick representative subset)")
-    parser.add_argument("--jobs", type=int, default=1, metavar="J",
-                        help="parallel compiles in worker processes (default 1)")
-    parser.add_argument("--json", metavar="PATH", help="write the rows as JSON to PATH")
-    parser.add_argument("--out", metavar="DIR",
-                        help="write compile_check.json/.csv and every PTX + ptxas log under DIR")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-
-
-def _child_argv(args: argparse.Namespace) -> list[str]:
-    argv: list[str] = []
-    for a in args.arch or []:
-        argv += ["--arch", a]
-    for k in args.kernel or []:
-        argv += ["--kernel", k]
-    if args.limit is not None:
-        argv += ["--limit", str(args.limit)]
-    argv += ["--jobs", str(args.jobs)]
-    if args.json:
-        argv += ["--json", str(Path(args.json).resolve())]
-    if args.out:
-        argv += ["--out", str(Path(args.out).resolve())]
-    if args.no_progress:
-        argv.append("--no-progress")
-    return argv
-
-
-def run(args: argparse.Namespace) -> int:
-    if _interpreting():
-        # Kernels defined under the interpreter cannot be compiled: start over without it.
-        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        env[_CHILD_ENV] = "1"
-        print("compile-check: TRITON_INTERPRET is set; re-running without it", file=sys.stderr)
-        return subprocess.call([sys.executable, "-m", "tritonwino.compile_check", *_child_argv(args)],
-                               env=env)
-
-    os.environ["TRITON_DEFAULT_FP_FUSION"] = "1"
-    out_dir = Path(args.out) if args.out else None
-    private_cache = tempfile.mkdtemp(prefix="tritonwino-compile-check-cache-")
-    os.environ["TRITON_CACHE_DIR"] = private_cache
-    try:
-        from tritonwino.kernels.registry import all_compile_specs
-
-        try:
-            all_specs = all_compile_specs()
-        except Exception as e:  # noqa: BLE001 - a broken kernel module is a gate failure
-            print(f"compile-check: could not collect kernel configs: {_short_error(e)}", file=sys.stderr)
-            return 1
-        if not all_specs:
-            print("compile-check: no kernel configs are registered (tritonwino.kernels.registry."
-                  "all_compile_specs() is empty); nothing to check.")
-            return 0
-        specs = select_specs(all_specs, args.kernel, args.limit)
-        if not specs:
-            known = sorted({s.kernel for s in all_specs})
-            print(f"compile-check: no configs match --kernel {args.kernel}; known kernels: {known}",
-                  file=sys.stderr)
-            return 2
-        archs = args.arch or list(ARCHS)
-        t0 = time.perf_counter()
-        rows = check_specs(specs, archs, jobs=max(1, args.jobs), progress=not args.no_progress,
-                           save_dir=out_dir / "ptx" if out_dir else None)
-        elapsed = time.perf_counter() - t0
-        print(format_table(rows))
-        payload = [r.to_dict() for r in rows]
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(payload, indent=1) + "\n")
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "compile_check.json").write_text(json.dumps(payload, indent=1) + "\n")
-            with open(out_dir / "compile_check.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(payload[0]))
-                w.writeheader()
-                w.writerows(payload)
-        bad = [r for r in rows if not r.ok]
-        for r in bad:
-            print(f"{r.status}: {r.kernel} [{r.config}] {r.arch}"
-                  f"{': ' + r.error if r.error else ''}"
-                  f"{f': {r.spill_bytes} spill bytes' if r.status == 'SPILL' else ''}"
-                  f"{': expected tensor-core instructions, found none' if r.status == 'NO-MMA' else ''}",
-                  file=sys.stderr)
-        arch_word = "archs" if len(archs) > 1 else "arch"
-        print(f"\n{len(rows)} compiles ({len(specs)} configs x {len(archs)} {arch_word}) in {elapsed:.1f} s: "
-              f"{len(rows) - len(bad)} ok, {len(bad)} failed"
-              f"{f'; rows written to {out_dir}' if out_dir else ''}")
-        return 1 if bad else 0
-    finally:
-        shutil.rmtree(private_cache, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tritonwino.compile_check [options]`` (same as ``tritonwino compile-check``)."""
-    parser = argparse.ArgumentParser(prog="tritonwino compile-check", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,19 +21,20 @@ count up to a power of two, so nearby shapes share one tuning result.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import statistics
 import tempfile
 import threading
-import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from .. import env
 
 try:  # POSIX only; elsewhere writes are still atomic but not serialized across processes.
     import fcntl
@@ -47,14 +48,14 @@ __all__ = [
     "ENV_VAR",
     "SCHEMA_VERSION",
     "TuningCache",
-    "autotune",
     "cache_dir",
     "cache_path",
     "config_label",
     "device_name",
-    "do_bench_ms",
     "get_cache",
+    "jsonable_config",
     "make_key",
+    "norm_key",
     "shape_bucket",
 ]
 
@@ -63,45 +64,15 @@ __all__ = [
 # device, versions, paths
 # --------------------------------------------------------------------------------------------
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    return bool(torch.cuda.is_available())
-
-
 def device_name() -> str:
     """The name tuning results are keyed by.
 
     ``torch.cuda.get_device_name()`` when a GPU is visible, else ``"cpu-interpreter"`` when
-    ``TRITON_INTERPRET=1`` (kernels run under the Triton interpreter) or ``"cpu"``.
+    the Triton interpreter is on (kernels run under it) or ``"cpu"``.
     """
-    if _cuda_available():
-        import torch
-
+    if env.cuda_available():
         return torch.cuda.get_device_name()
-    return "cpu-interpreter" if _interpreting() else "cpu"
-
-
-def _triton_version() -> str:
-    try:
-        import triton
-    except ImportError:  # pragma: no cover
-        return "none"
-    return str(triton.__version__)
-
-
-def _torch_version() -> str:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return "none"
-    return str(torch.__version__)
+    return "cpu-interpreter" if env.interpreting() else "cpu"
 
 
 def _slug(text: str) -> str:
@@ -124,7 +95,7 @@ def cache_path(device: str | None = None) -> Path:
     """Path of the cache file for ``device`` (default :func:`device_name`) and the installed
     Triton version, e.g. ``~/.cache/tritonwino/tune-nvidia-h100-80gb-hbm3-triton3.9.0.json``."""
     dev = device if device is not None else device_name()
-    return cache_dir() / f"tune-{_slug(dev)}-triton{_slug(_triton_version())}.json"
+    return cache_dir() / f"tune-{_slug(dev)}-triton{_slug(env.package_version('triton'))}.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +141,7 @@ def make_key(**parts: Any) -> str:
     return "|".join(f"{name}={_key_value(parts[name])}" for name in sorted(parts))
 
 
-def _norm_key(key: tuple | str | dict) -> str:
+def norm_key(key: tuple | str | dict) -> str:
     if isinstance(key, str):
         return key
     if isinstance(key, dict):
@@ -185,7 +156,7 @@ def config_label(config: dict) -> str:
     return ",".join(f"{k}={config[k]}" for k in sorted(config))
 
 
-def _jsonable_config(config: dict) -> dict:
+def jsonable_config(config: dict) -> dict:
     if not isinstance(config, dict):
         raise TypeError(f"a config must be a dict, not {type(config).__name__}")
     out = json.loads(json.dumps(config))  # raises TypeError on non-JSON values
@@ -207,7 +178,7 @@ class TuningCache:
         self.device = device if device is not None else device_name()
         self.path = Path(path) if path is not None else cache_path(self.device)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self.triton_version = _triton_version()
+        self.triton_version = env.package_version("triton")
         self._parsed: tuple[tuple[int, int, int], dict] | None = None  # ((ino, mtime, size), entries)
         self._warned: set[tuple[int, int, int]] = set()
         self._memory: dict[str, dict[str, dict]] = {}  # entries whose write to disk failed
@@ -275,7 +246,7 @@ class TuningCache:
 
     def get_entry(self, kernel: str, key: tuple | str | dict) -> dict | None:
         """The full stored entry ``{"config", "timings", "errors", "time"}`` or None."""
-        return self._merged().get(kernel, {}).get(_norm_key(key))
+        return self._merged().get(kernel, {}).get(norm_key(key))
 
     def get(self, kernel: str, key: tuple | str | dict) -> dict | None:
         """The cached winning config of ``kernel`` for ``key``, or None."""
@@ -315,7 +286,7 @@ class TuningCache:
             "schema": SCHEMA_VERSION,
             "device": self.device,
             "triton": self.triton_version,
-            "torch": _torch_version(),
+            "torch": torch.__version__,
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "entries": entries,
         }
@@ -342,13 +313,13 @@ class TuningCache:
         other processes wrote meanwhile. If the file cannot be written, warn and keep the entry
         for this process only."""
         entry = {
-            "config": _jsonable_config(config),
+            "config": jsonable_config(config),
             "timings": {str(k): v for k, v in (timings or {}).items()},
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if errors:
             entry["errors"] = {str(k): str(v) for k, v in errors.items()}
-        nkey = _norm_key(key)
+        nkey = norm_key(key)
         try:
             with self._locked():
                 entries = {k: dict(v) for k, v in self._read().items()}
@@ -390,73 +361,3 @@ def get_cache() -> TuningCache:
     if cache is None:
         cache = _CACHES[path] = TuningCache(path)
     return cache
-
-
-# --------------------------------------------------------------------------------------------
-# timing and autotuning
-# --------------------------------------------------------------------------------------------
-
-def do_bench_ms(fn: Callable[[], Any], *, warmup: int = 2, rep: int = 5) -> float:
-    """Median time of ``fn()`` in ms.
-
-    On a GPU (and not under the interpreter): ``triton.testing.do_bench`` (L2 flushed, median).
-    On CPU: ``warmup`` untimed calls, then the median of ``rep`` ``time.perf_counter`` timings.
-    """
-    if _cuda_available() and not _interpreting():
-        import triton.testing
-
-        return float(triton.testing.do_bench(fn, return_mode="median"))
-    for _ in range(max(0, warmup)):
-        fn()
-    times = []
-    for _ in range(max(1, rep)):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(statistics.median(times))
-
-
-def autotune(kernel: str, key: tuple | str | dict, configs: Sequence[dict],
-             bench_fn: Callable[[dict], float], *, force: bool = False,
-             cache: TuningCache | None = None) -> dict:
-    """The best of ``configs`` for ``kernel`` at ``key``.
-
-    A cached winner that is still one of ``configs`` is returned without timing (unless
-    ``force``). With a single config it is returned untimed. Otherwise every config is timed with
-    ``bench_fn(config) -> ms``; a config that raises (e.g. out of shared memory) or returns a
-    non-finite time is skipped with a warning, the fastest is stored in the cache together with
-    all timings and errors, and returned. Raises ``RuntimeError`` if every config fails.
-    """
-    configs = list(configs)
-    if not configs:
-        raise ValueError(f"autotune({kernel!r}): no configs given")
-    if len(configs) == 1:
-        return configs[0]
-    cache = cache if cache is not None else get_cache()
-    if not force:
-        cached = cache.get(kernel, key)
-        if cached is not None:
-            for c in configs:
-                if _jsonable_config(c) == cached:
-                    return c
-    timings: dict[str, float] = {}
-    errors: dict[str, str] = {}
-    best: tuple[float, dict] | None = None
-    for c in configs:
-        label = config_label(c)
-        try:
-            ms = float(bench_fn(c))
-            if not math.isfinite(ms) or ms < 0:
-                raise ValueError(f"bench_fn returned {ms!r}")
-        except Exception as e:  # noqa: BLE001 - any failure of one config just skips it
-            errors[label] = f"{type(e).__name__}: {e}"
-            warnings.warn(f"tritonwino autotune {kernel} [{_norm_key(key)}]: config {label} failed "
-                          f"and is skipped: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
-            continue
-        timings[label] = ms
-        if best is None or ms < best[0]:
-            best = (ms, c)
-    if best is None:
-        raise RuntimeError(f"autotune({kernel!r}, {_norm_key(key)!r}): every config failed: {errors}")
-    cache.put(kernel, key, best[1], timings, errors=errors)
-    return best[1]

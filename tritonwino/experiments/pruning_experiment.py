@@ -27,83 +27,33 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import datetime
 import os
-import platform
-import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
-from tritonwino.data import load_dataset
-from tritonwino.models import SmallVGG
-from tritonwino.pruning import (
+from ..env import environment
+from ..pruning import (
     SpatialPruner,
     WinogradConv2d,
     WinogradPruner,
     convert_to_winograd,
     model_winograd_sparsity,
+    winograd_weight,
 )
-
-try:
-    from tqdm import tqdm
-except ImportError:  # pragma: no cover
-    def tqdm(x, **_):
-        return x
-
-def _version(dist_name):
-    try:
-        from importlib.metadata import version
-
-        return version(dist_name)
-    except Exception:  # noqa: BLE001 - a missing package just means "unknown"
-        return "unknown"
+from .data import load_dataset
+from .models import SmallVGG
+from .training import Batches, accuracy
+from .training import train as _train_loop
 
 
+def evaluate(model, ds) -> float:
+    """Top-1 in percent."""
+    return 100.0 * accuracy(model, ds)
 
 
-def evaluate(model, ds, bs=500):
-    model.eval()
-    x, y = ds.tensors
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(y), bs):
-            correct += int((model(x[i:i + bs]).argmax(1) == y[i:i + bs]).sum())
-    model.train()
-    return 100.0 * correct / len(y)
-
-
-class Batches:
-    """Endless shuffled mini-batches with its own generator (same stream for every method)."""
-
-    def __init__(self, ds, bs, seed):
-        self.x, self.y = ds.tensors
-        self.bs = bs
-        self.g = torch.Generator().manual_seed(seed)
-        self.perm, self.pos = None, 0
-
-    def next(self):
-        if self.perm is None or self.pos + self.bs > len(self.y):
-            self.perm, self.pos = torch.randperm(len(self.y), generator=self.g), 0
-        idx = self.perm[self.pos:self.pos + self.bs]
-        self.pos += self.bs
-        return self.x[idx], self.y[idx]
-
-
-def train(model, batches, steps, lr, pruner=None, wd=5e-4, desc="train"):
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    for _ in tqdm(range(steps), desc=desc, leave=False, mininterval=5, file=sys.stderr):
-        x, y = batches.next()
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if pruner is None:
-            opt.step()
-        else:
-            pruner.step(opt)
-        sched.step()
+def train(model, batches, steps, lr, pruner=None, desc="train"):
+    _train_loop(model, batches, steps, lr, step=None if pruner is None else pruner.step, cosine=True, desc=desc)
 
 
 def mult_reduction(model, m, shapes):
@@ -116,7 +66,6 @@ def mult_reduction(model, m, shapes):
         if isinstance(mod, WinogradConv2d):
             q, mm, r = mod.q.detach(), mod.m, mod.r
         else:
-            from tritonwino.pruning import winograd_weight
             wt = mod.weight.detach()
             r, mm = wt.shape[-1], m
             q = winograd_weight(wt, m)
@@ -168,32 +117,6 @@ def plot_results(csv_path, png_path):
     plt.close(fig)
 
 
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--train-limit", type=int, default=20000)
-    ap.add_argument("--test-limit", type=int, default=2000)
-    ap.add_argument("--dense-epochs", type=float, default=4.0)
-    ap.add_argument("--stage-steps", type=int, default=30)
-    ap.add_argument("--spatial-targets", type=str, default="0.3,0.5,0.6,0.7")
-    ap.add_argument("--winograd-targets", type=str, default="0.75,0.8,0.85")
-    ap.add_argument("--winograd-lr", type=float, default=3e-4)
-    ap.add_argument("--m", type=int, default=4)
-    ap.add_argument("--methods", type=str, default="yu,yu16,magnitude,li,liu")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dataset", type=str, default="auto")
-    ap.add_argument("--out", type=str, required=True,
-                    help="path stem of the results: writes OUT.csv, OUT.md and OUT.png")
-    ap.add_argument("--plot-from", type=str, default=None,
-                    help="only rebuild the plot from a saved CSV (writes <csv stem>.png)")
-    ap.add_argument("--no-plot", action="store_true")
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(ap)
-    return run(ap.parse_args(argv))
-
-
 def run(args: argparse.Namespace) -> int:
     if args.plot_from:
         png = os.path.splitext(args.plot_from)[0] + ".png"
@@ -212,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = SmallVGG(num_classes=info["num_classes"], in_channels=info["in_channels"])
     dense_steps = int(args.dense_epochs * len(tr) / bs)
-    train(model, Batches(tr, bs, args.seed), dense_steps, 0.05, desc="dense")
+    train(model, Batches(tr, bs, seed=args.seed), dense_steps, 0.05, desc="dense")
     dense_acc = evaluate(model, te)
     print(f"dense top-1 {dense_acc:.2f}% after {dense_steps} steps")
 
@@ -224,14 +147,15 @@ def run(args: argparse.Namespace) -> int:
     def keep_first_spatial(name, conv):  # the dense first conv stays a plain conv [ours]
         return name != first
 
+    env = environment("cpu")
     common = {
         "dataset": info["name"], "train_examples": len(tr), "test_examples": len(te),
         "model": "SmallVGG(16,M,32,32,M,64)", "tile": f"F({m},3)", "stage_steps": args.stage_steps,
         "batch_size": bs, "dense_steps": dense_steps, "seed": args.seed,
-        "device": f"cpu ({platform.processor() or platform.machine()})", "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "triton": _version("triton"), "tritonwino": _version("tritonwino"),
+        "device": env["device"], "threads": torch.get_num_threads(),
+        "torch": env["torch"], "triton": env["triton"], "tritonwino": env["tritonwino"],
         "winograd_lr": args.winograd_lr,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": env["timestamp"],
     }
     rows = []
 
@@ -253,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     for method in methods:
         t0 = time.perf_counter()
         mdl = copy.deepcopy(model)
-        batches = Batches(tr, bs, args.seed + 1)
+        batches = Batches(tr, bs, seed=args.seed + 1)
         if method in ("yu", "yu16"):
             block = (1, 1) if method == "yu" else (16, 1)
             gran = f"{block[0]}x{block[1]}"
@@ -315,7 +239,3 @@ def run(args: argparse.Namespace) -> int:
         plot_results(args.out + ".csv", args.out + ".png")
     print(f"wrote {args.out}.csv, .md (and .png) in {total:.0f} s (CPU)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,42 +11,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import warnings
-from importlib import metadata
 from typing import Any
 
+import torch
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+from .. import tuning
+from ..env import cpu_model, interpreting, versions
 
 
 def collect() -> dict[str, Any]:
     """Everything ``tritonwino info`` reports, as a JSON-ready dict."""
-    import torch
-
-    from tritonwino import tuning
-
-    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    interpret = interpreting()
     cuda = bool(torch.cuda.is_available())
     device: dict[str, Any] = {
         "type": "cuda" if cuda else "cpu",
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
@@ -78,13 +58,7 @@ def collect() -> dict[str, Any]:
 
     return {
         "device": device,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "triton": _version("triton"),
-            "tritonwino": _version("tritonwino"),
-            "numpy": _version("numpy"),
-        },
+        "versions": versions(),
         "triton_interpret": interpret,
         "paths": paths,
         "tuning_cache": cache_info,
@@ -97,7 +71,7 @@ def format_text(info: dict[str, Any]) -> str:
            else f"CPU: {d['cpu_model']}, {d['cpu_count']} cores, torch threads {d['torch_threads']}")
     lines = [
         f"device            {dev}",
-        "versions          " + ", ".join(f"{k} {val or 'not installed'}" for k, val in v.items()),
+        "versions          " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"TRITON_INTERPRET  {'on' if info['triton_interpret'] else 'off'}",
         f"paths available   {', '.join(info['paths'])}",
         f"tuning cache      {c['path']}"
@@ -124,14 +98,3 @@ def run(args: argparse.Namespace) -> int:
     info = collect()
     print(json.dumps(info, indent=2) if args.json else format_text(info))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tritonwino info", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .plotting import load_rows, plot_accuracy, plot_memory, plot_speedup
+from ..experiments.plotting import load_rows, plot_accuracy, plot_memory, plot_speedup
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

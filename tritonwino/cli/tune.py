@@ -2,7 +2,7 @@
 
 What gets tuned: for every 3x3 (odd r×r) stride-1 layer and every --batch, the dense
 Winograd-domain GEMM ("winograd_gemm") and the sparse one ("sparse_winograd_gemm"), through
-tritonwino.autotune.dense_config / sparse_config, which time every candidate launch config and
+tritonwino.tuning.dense_config / sparse_config, which time every candidate launch config and
 write the fastest into the tuning cache of this GPU and Triton version (see `tritonwino info` for
 its path; $TRITONWINO_CACHE_DIR moves it). Layers that share a tuning key are tuned once. Later
 runs of the model, in any process, read the cache instead of re-timing.
@@ -16,9 +16,10 @@ Which layers (pick one):
   --shapes C:K:H[:W] ...           explicit layer shapes (3x3, padding 1), random masks as --arch
 
 Without a CUDA GPU there is nothing to tune for the Triton kernels (under the interpreter they
-run one fixed config). `tune` then says so, times the CPU paths of every layer instead (F.conv2d
-vs dense vs sparse Winograd, pure torch) and stores each layer's CPU dispatch timings and the
-fastest path in the cache under the kernel name "cpu_dispatch".
+run one fixed config). `tune` then says so and times the CPU paths of every layer instead (F.conv2d
+vs dense vs sparse Winograd, pure torch, interleaved) as a report: --out writes its rows; nothing
+goes into the tuning cache. With --model, each converted layer's measured dispatch decision
+(`tune_model`) is stored in the cache, so the model's first forward reads it.
 
 Examples:
   tritonwino tune --arch resnet18 --sparsity 0.8 --block 16x1 --tile 4 --batch 1 8 32
@@ -34,52 +35,38 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
-from . import _checks, reference, tuning
-from .benchmark import environment, time_ms, write_rows
-from .modules import SparseWinogradConv2d, ineligible_reason
-from .packing import PackedWinogradWeight, pack_winograd_weight
-from .reference import tile_grid
-from .sparse_conv import sparse_winograd_conv2d
+from .. import _checks, _triton_path, reference, tuning
+from ..env import environment, interpreting
+from ..experiments.layers import (
+    ARCH_INPUT,
+    ARCHS,
+    Layer,
+    first_in_channels,
+    layers_from_arch,
+    layers_from_model,
+    layers_from_shapes,
+    load_model,
+)
+from ..experiments.rows import write_rows
+from ..functional import sparse_winograd_conv2d
+from ..kernels._common import dot_precision
+from ..kernels.input_transform import input_transform
+from ..kernels.sparse_winograd_gemm import gpu_configs as sparse_gpu_configs
+from ..kernels.sparse_winograd_gemm import interpreter_config as sparse_ic
+from ..kernels.winograd_gemm import gpu_configs as dense_gpu_configs
+from ..kernels.winograd_gemm import interpreter_config as dense_ic
+from ..modules import SparseWinogradConv2d, tune_model
+from ..packing import PackedWinogradWeight
+from ..tuning import select
+from .args import parse_block, parse_shape
 
 CPU_DISPATCH_KERNEL = "cpu_dispatch"
-ARCHS = ("resnet18", "vgg16", "small-vgg")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# (default input size, input channels) per architecture: the sizes the models are meant for.
-ARCH_INPUT = {"resnet18": (224, 3), "vgg16": (224, 3), "small-vgg": (28, 1)}
-
-
-@dataclass
-class Layer:
-    """One convolution to tune: its input shape (without batch) and its packed weight."""
-
-    name: str
-    c: int
-    k: int
-    h: int
-    w: int
-    padding: tuple[int, int]
-    packed: PackedWinogradWeight
-
-    @property
-    def m(self) -> int:
-        return self.packed.m
-
-    @property
-    def r(self) -> int:
-        return self.packed.r
-
-    def tiles(self, batch: int) -> int:
-        """T of the Winograd GEMMs at this batch size (it is what the tuning keys bucket)."""
-        ho, wo = _checks.output_size(self.h, self.w, self.r, self.padding)
-        th, tw = tile_grid(ho, wo, self.m)
-        return batch * th * tw
 
 
 @dataclass
@@ -133,165 +120,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "tiny configs, to check the machinery (the timings say nothing about GPU speed)")
 
 
-def _parse_block(text: str) -> tuple[int, int]:
-    try:
-        bk, bc = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"tritonwino tune: --block expects BKxBC such as 16x1, got {text!r}") from None
-    return bk, bc
-
-
-def _parse_shapes(items: list[str]) -> list[tuple[int, int, int, int]]:
-    out = []
-    for it in items:
-        parts = it.split(":")
-        try:
-            vals = [int(v) for v in parts]
-        except ValueError:
-            vals = []
-        if len(vals) not in (3, 4) or min(vals) < 1:
-            raise SystemExit(f"tritonwino tune: --shapes expects C:K:H or C:K:H:W with positive ints "
-                             f"(e.g. 64:64:56), got {it!r}")
-        c, k, h = vals[:3]
-        out.append((c, k, h, vals[3] if len(vals) == 4 else h))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# building the layer list
-# --------------------------------------------------------------------------------------------
-
-def random_pruned_q(weight: torch.Tensor, m: int, sparsity: float, block: tuple[int, int],
-                    gen: torch.Generator) -> torch.Tensor:
-    """Q = G W Gᵀ of ``weight`` with a random mask of ``sparsity`` at the (bk, bc) granularity.
-
-    Tuning keys depend on the pattern only through its density, so a random mask of the right
-    granularity stands in for a real pruning run.
-    """
-    k, c, r, _ = weight.shape
-    n = m + r - 1
-    q = reference.winograd_weight(weight.detach().double(), m)
-    bk, bc = block
-    keep = torch.rand(math.ceil(k / bk), math.ceil(c / bc), n, n, generator=gen) >= sparsity
-    keep = keep.repeat_interleave(bk, 0)[:k].repeat_interleave(bc, 1)[:, :c]
-    return q * keep
-
-
-def _pack(q: torch.Tensor, block: tuple[int, int], r: int = 3) -> PackedWinogradWeight:
-    try:
-        return pack_winograd_weight(q, block, r=r, dtype=torch.float32)
-    except ValueError as e:
-        raise SystemExit(f"tritonwino tune: {e}") from None
-
-
-def _input_shapes(model: nn.Module, names: list[str], size: int, in_channels: int) -> dict[str, tuple]:
-    """Input shape of each named module, from one batch-1 forward pass on CPU."""
-    shapes: dict[str, tuple] = {}
-    mods = dict(model.named_modules())
-    hooks = [mods[n].register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, tuple(i[0].shape)))
-             for n in names]
-    try:
-        with torch.inference_mode():
-            model.eval()(torch.zeros(1, in_channels, size, size))
-    except Exception as e:  # noqa: BLE001 - any failure here means the input size does not fit
-        raise SystemExit(f"tritonwino tune: a {in_channels}x{size}x{size} input does not run through the "
-                         f"model ({type(e).__name__}: {e}); pass the right --input-size") from None
-    finally:
-        for h in hooks:
-            h.remove()
-    return shapes
-
-
-def _first_in_channels(model: nn.Module) -> int:
-    for mod in model.modules():
-        if isinstance(mod, nn.Conv2d | SparseWinogradConv2d):
-            return int(mod.in_channels)
-    raise SystemExit("tritonwino tune: the model has no convolution layers")
-
-
-def _build_model(arch: str) -> nn.Module:
-    from .models import SmallVGG, resnet18_max, vgg16
-
-    if arch == "resnet18":
-        return resnet18_max()
-    if arch == "vgg16":
-        return vgg16()
-    return SmallVGG()
-
-
-def layers_from_arch(arch: str, size: int, sparsity: float, block: tuple[int, int], m: int,
-                     gen: torch.Generator) -> list[Layer]:
-    model = _build_model(arch)
-    convs = {n: mod for n, mod in model.named_modules()
-             if isinstance(mod, nn.Conv2d) and ineligible_reason(mod) is None}
-    shapes = _input_shapes(model, list(convs), size, ARCH_INPUT[arch][1])
-    layers = []
-    for name, conv in convs.items():
-        _, c, h, w = shapes[name]
-        q = random_pruned_q(conv.weight, m, sparsity, block, gen)
-        packed = _pack(q, block, conv.kernel_size[0])
-        layers.append(Layer(name, c, conv.out_channels, h, w, tuple(conv.padding), packed))
-    return layers
-
-
-def load_model(path: str) -> nn.Module:
-    """A whole model saved with ``torch.save(model, path)``; clear errors for anything else."""
-    if not Path(path).is_file():
-        raise SystemExit(f"tritonwino tune: --model {path}: no such file")
-    try:
-        # A whole pickled model (not a state_dict): this needs weights_only=False, so only load
-        # files you trust, exactly as with torch.load itself.
-        model = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - report any unpickling failure as bad input
-        raise SystemExit(f"tritonwino tune: could not load {path} with torch.load: {type(e).__name__}: {e}") from None
-    if not isinstance(model, nn.Module):
-        hint = (" (it looks like a state_dict: save the whole model with torch.save(model, PATH))"
-                if isinstance(model, dict) else "")
-        raise SystemExit(f"tritonwino tune: {path} holds a {type(model).__name__}, not an nn.Module{hint}")
-    return model
-
-
-def layers_from_model(path: str, size: int, block: tuple[int, int], m: int) -> tuple[list[Layer], str]:
-    """Layers of a saved model and a note on where their sparsity came from."""
-    model = load_model(path)
-    sparse = {n: mod for n, mod in model.named_modules() if isinstance(mod, SparseWinogradConv2d)}
-    if sparse:
-        note = f"{len(sparse)} SparseWinogradConv2d layers (their packed weights)"
-        targets: dict[str, nn.Module] = sparse
-    else:
-        targets = {n: mod for n, mod in model.named_modules()
-                   if isinstance(mod, nn.Conv2d) and ineligible_reason(mod) is None}
-        if not targets:
-            raise SystemExit(f"tritonwino tune: {path} has no SparseWinogradConv2d and no eligible Conv2d layer "
-                             "(odd square kernel > 1, stride 1, dilation 1, groups 1)")
-        note = (f"no SparseWinogradConv2d layers: {len(targets)} eligible Conv2d layers packed at "
-                f"F({m},3) block {block[0]}x{block[1]}, sparsity = their exact Winograd-domain zeros")
-    shapes = _input_shapes(model, list(targets), size, _first_in_channels(model))
-    layers = []
-    for name, mod in targets.items():
-        if name not in shapes:  # a module the forward pass never reached
-            continue
-        _, c, h, w = shapes[name]
-        if isinstance(mod, SparseWinogradConv2d):
-            packed = mod.packed.to("cpu")
-            layers.append(Layer(name, c, packed.K, h, w, tuple(mod.padding), packed))
-        else:
-            q = reference.winograd_weight(mod.weight.detach().double(), m)
-            layers.append(Layer(name, c, mod.out_channels, h, w, tuple(mod.padding),
-                                _pack(q, block, mod.kernel_size[0])))
-    return layers, note
-
-
-def layers_from_shapes(shapes: list[tuple[int, int, int, int]], sparsity: float, block: tuple[int, int], m: int,
-                       gen: torch.Generator) -> list[Layer]:
-    layers = []
-    for c, k, h, w in shapes:
-        weight = torch.randn(k, c, 3, 3, generator=gen) / math.sqrt(9 * c)
-        q = random_pruned_q(weight, m, sparsity, block, gen)
-        layers.append(Layer(f"{c}:{k}:{h}x{w}", c, k, h, w, (1, 1), _pack(q, block)))
-    return layers
-
-
 # --------------------------------------------------------------------------------------------
 # keys
 # --------------------------------------------------------------------------------------------
@@ -316,21 +144,16 @@ def _dedup(jobs: list[Job]) -> list[Job]:
 
 def triton_jobs(layers: list[Layer], batches: list[int], dtype: torch.dtype, allow_tf32: bool) -> list[Job]:
     """One job per distinct (kernel, key), with the candidate count a GPU would time."""
-    from . import autotune
-    from .kernels._common import dot_precision
-    from .kernels.sparse_winograd_gemm import gpu_configs as sparse_gpu_configs
-    from .kernels.winograd_gemm import gpu_configs as dense_gpu_configs
-
     opd = _checks.operand_dtype(dtype)
     prec = dot_precision(opd, allow_tf32)
     jobs = []
     for nb in batches:
         for layer in layers:
             t = layer.tiles(nb)
-            jobs.append(Job(autotune.DENSE_KERNEL,
-                            autotune.dense_key(t, layer.c, layer.k, layer.m, layer.r, opd, allow_tf32),
+            jobs.append(Job(select.DENSE_KERNEL,
+                            select.dense_key(t, layer.c, layer.k, layer.m, layer.r, opd, allow_tf32),
                             nb, layer, [layer.name], len(dense_gpu_configs(opd, prec))))
-            jobs.append(Job(autotune.SPARSE_KERNEL, autotune.sparse_key(t, layer.packed, opd, allow_tf32),
+            jobs.append(Job(select.SPARSE_KERNEL, select.sparse_key(t, layer.packed, opd, allow_tf32),
                             nb, layer, [layer.name], len(sparse_gpu_configs(opd, prec, layer.packed.group_k))))
     return _dedup(jobs)
 
@@ -349,12 +172,8 @@ def cpu_jobs(layers: list[Layer], batches: list[int], dtype: torch.dtype) -> lis
 def _interpreter_candidates(job: Job):
     """Two configs the interpreter can run quickly: enough to exercise the timing and cache
     writing of the Triton tuning loop on a machine without a GPU (the timings mean nothing)."""
-    from . import autotune
-    from .kernels.sparse_winograd_gemm import interpreter_config as sparse_ic
-    from .kernels.winograd_gemm import interpreter_config as dense_ic
-
     t = job.layer.tiles(job.batch)
-    base = sparse_ic(t) if job.kernel == autotune.SPARSE_KERNEL else dense_ic(t, job.layer.k, job.layer.c)
+    base = sparse_ic(t) if job.kernel == select.SPARSE_KERNEL else dense_ic(t, job.layer.k, job.layer.c)
     # num_warps does not change what the interpreter computes, so the variant is always valid.
     return [base, type(base)(**{**asdict(base), "num_warps": 2 if base.num_warps != 2 else 4})]
 
@@ -362,29 +181,26 @@ def _interpreter_candidates(job: Job):
 def tune_triton_job(job: Job, device: torch.device, dtype: torch.dtype, allow_tf32: bool, force: bool,
                     candidates_fn: Callable[[Job], list] | None = None) -> dict:
     """Tune one (kernel, key) through tritonwino.autotune (which writes the cache); returns a row."""
-    from . import _pipeline, autotune
-    from .kernels.input_transform import input_transform
-
     layer = job.layer
     gen = torch.Generator().manual_seed(job.batch)
     x = torch.randn(job.batch, layer.c, layer.h, layer.w, generator=gen).to(device=device, dtype=dtype)
     opd = _checks.operand_dtype(dtype)
     pts = layer.packed.points_fractions()
     n = layer.m + layer.r - 1
-    kb, _ = _pipeline.kron_padded(layer.m, layer.r, pts, device)
+    kb, _ = _triton_path.kron_padded(layer.m, layer.r, pts, device)
     ho, wo = _checks.output_size(layer.h, layer.w, layer.r, layer.padding)
-    v = input_transform(x, kb, n, layer.m, layer.padding, tile_grid(ho, wo, layer.m), opd)
+    v = input_transform(x, kb, n, layer.m, layer.padding, reference.tile_grid(ho, wo, layer.m), opd)
     candidates = candidates_fn(job) if candidates_fn is not None else None
     n_candidates = len(candidates) if candidates is not None else job.candidates
     cache = tuning.get_cache()
     was_cached = not force and cache.get_entry(job.kernel, job.key) is not None
     t0 = time.perf_counter()
-    if job.kernel == autotune.SPARSE_KERNEL:
+    if job.kernel == select.SPARSE_KERNEL:
         packed = layer.packed.to(device)
-        cfg = autotune.sparse_config(v, packed, packed.values_as(opd), allow_tf32, candidates, force)
+        cfg = select.sparse_config(v, packed, packed.values_as(opd), allow_tf32, candidates, force)
     else:
         q_pck = layer.packed.unpack().permute(2, 3, 1, 0).reshape(n * n, layer.c, layer.k)
-        cfg = autotune.dense_config(v, q_pck.to(device=device, dtype=opd).contiguous(), layer.m, layer.r,
+        cfg = select.dense_config(v, q_pck.to(device=device, dtype=opd).contiguous(), layer.m, layer.r,
                                     allow_tf32, candidates, force)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -403,8 +219,9 @@ def tune_triton_job(job: Job, device: torch.device, dtype: torch.dtype, allow_tf
 
 
 def time_cpu_job(job: Job, dtype: torch.dtype, reps: int) -> dict:
-    """Time F.conv2d, the dense and the sparse torch Winograd paths for one layer on CPU and store
-    the dispatch timings in the cache; returns a row."""
+    """Time F.conv2d, the dense and the sparse torch Winograd paths for one layer on CPU, interleaved;
+    returns a report row (nothing is written to the tuning cache: layers measure their own dispatch
+    on first use, or through ``tune_model``)."""
     layer = job.layer
     gen = torch.Generator().manual_seed(job.batch)
     x = torch.randn(job.batch, layer.c, layer.h, layer.w, generator=gen).to(dtype)
@@ -412,28 +229,24 @@ def time_cpu_job(job: Job, dtype: torch.dtype, reps: int) -> dict:
     w = (torch.randn(layer.k, layer.c, layer.r, layer.r, generator=gen) / math.sqrt(9 * layer.c)).to(dtype)
     n = layer.m + layer.r - 1
     pts = layer.packed.points_fractions()
-    # The dense path keeps its weight position-major, as a deployed layer would.
-    q_pck = layer.packed.unpack().permute(2, 3, 0, 1).reshape(n * n, layer.k, layer.c).float().contiguous()
+    # The dense path keeps its weight position-major (P, C, K), as a deployed layer would.
+    q_pck = layer.packed.unpack().permute(2, 3, 1, 0).reshape(n * n, layer.c, layer.k).float().contiguous()
     packed, pad, m, r = layer.packed, layer.padding, layer.m, layer.r
-    cpu = torch.device("cpu")
-    # At least 0.1 s of repeats per path: sub-millisecond layers then get enough samples for the
-    # median to shrug off a scheduler hiccup on a shared machine.
-    timing = {"warmup": 1, "reps": reps, "min_time_s": 0.1}
     t0 = time.perf_counter()
-    t_conv = time_ms(lambda: F.conv2d(x, w, padding=pad), cpu, **timing)
-    t_dense = time_ms(lambda: reference.winograd_conv2d_pck(x, q_pck, None, pad, m, r, pts), cpu, **timing)
-    t_sparse = time_ms(lambda: sparse_winograd_conv2d(x, packed, None, pad, backend="torch"), cpu, **timing)
+    t = tuning.time_interleaved({
+        "conv2d": lambda: F.conv2d(x, w, padding=pad),
+        "dense": lambda: reference.winograd_conv2d_pck(x, q_pck, None, pad, m, r, pts),
+        "sparse": lambda: sparse_winograd_conv2d(x, packed, None, pad, backend="torch"),
+    }, "cpu", rounds=reps)
     seconds = time.perf_counter() - t0
-    ms = {"conv2d": t_conv["ms"], "dense": t_dense["ms"], "sparse": t_sparse["ms"]}
+    ms = {name: v["ms"] for name, v in t.items()}
     best = min(ms, key=ms.__getitem__)
-    config = {"conv2d_ms": ms["conv2d"], "dense_ms": ms["dense"], "sparse_ms": ms["sparse"], "best": best}
-    tuning.get_cache().put(CPU_DISPATCH_KERNEL, job.key, config, ms)
     return {"kernel": CPU_DISPATCH_KERNEL, "key": job.key, "layers": " ".join(job.layers), "N": job.batch,
             "C": layer.c, "K": layer.k, "H": layer.h, "W": layer.w, "tile": f"F({m},{r})",
             "block": f"{packed.block[0]}x{packed.block[1]}", "kept_slots": packed.density,
             "winograd_sparsity": float((packed.unpack() == 0).float().mean()),
             "conv2d_ms": ms["conv2d"], "dense_ms": ms["dense"], "sparse_ms": ms["sparse"],
-            "sparse_ms_p20": t_sparse["ms_p20"], "sparse_ms_p80": t_sparse["ms_p80"], "winner": best,
+            "sparse_ms_p20": t["sparse"]["ms_p20"], "sparse_ms_p80": t["sparse"]["ms_p80"], "winner": best,
             "speedup_best_vs_conv2d": ms["conv2d"] / ms[best], "tune_s": seconds,
             "dtype": str(dtype).removeprefix("torch.")}
 
@@ -459,35 +272,47 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"tritonwino tune: --reps must be >= 1, got {args.reps}")
 
 
+def _shapes(items: list[str]) -> list[tuple[int, int, int, int]]:
+    out = []
+    for it in items:
+        vals = parse_shape(it, "--shapes", (3, 4), "64:64:56 (C:K:H or C:K:H:W)")
+        c, k, h = vals[:3]
+        out.append((c, k, h, vals[3] if len(vals) == 4 else h))
+    return out
+
+
 def _fmt_ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
-    block = _parse_block(args.block)
+    block = parse_block(args.block)
     gen = torch.Generator().manual_seed(args.seed)
     cuda = torch.cuda.is_available()
     interp = bool(args.interpreter) and not cuda
-    if interp and not _interp_enabled():
+    if interp and not interpreting():
         raise SystemExit("tritonwino tune: --interpreter needs TRITON_INTERPRET=1 set before start-up")
     if args.interpreter and cuda:
         print("note: --interpreter is ignored: a CUDA GPU is present, so the kernels are tuned on it")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if cuda else torch.float32)
 
     t_start = time.perf_counter()
-    if args.arch:
-        size = args.input_size or ARCH_INPUT[args.arch][0]
-        layers = layers_from_arch(args.arch, size, args.sparsity, block, args.tile, gen)
-        source = (f"{args.arch} at {size}x{size}, random masks: sparsity {args.sparsity:g}, "
-                  f"block {args.block}, F({args.tile},3)")
-    elif args.model:
-        layers, note = layers_from_model(args.model, args.input_size or 224, block, args.tile)
-        source = f"{args.model}: {note}"
-    else:
-        layers = layers_from_shapes(_parse_shapes(args.shapes), args.sparsity, block, args.tile, gen)
-        source = f"{len(layers)} layer shapes, random masks: sparsity {args.sparsity:g}, block {args.block}, " \
-                 f"F({args.tile},3)"
+    try:
+        if args.arch:
+            size = args.input_size or ARCH_INPUT[args.arch][0]
+            layers = layers_from_arch(args.arch, size, args.sparsity, block, args.tile, gen)
+            source = (f"{args.arch} at {size}x{size}, random masks: sparsity {args.sparsity:g}, "
+                      f"block {args.block}, F({args.tile},3)")
+        elif args.model:
+            layers, note = layers_from_model(args.model, args.input_size or 224, block, args.tile)
+            source = f"{args.model}: {note}"
+        else:
+            layers = layers_from_shapes(_shapes(args.shapes), args.sparsity, block, args.tile, gen)
+            source = (f"{len(layers)} layer shapes, random masks: sparsity {args.sparsity:g}, "
+                      f"block {args.block}, F({args.tile},3)")
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"tritonwino tune: {e}") from None
     if not layers:
         raise SystemExit("tritonwino tune: no layer to tune")
     print(f"layers: {source}")
@@ -506,8 +331,8 @@ def run(args: argparse.Namespace) -> int:
         where = "CPU"
         print("\nno CUDA GPU: nothing to tune for the Triton kernels on this machine (without a GPU they run "
               "only under the interpreter, with one fixed config). Timing the CPU paths per layer instead "
-              f"(F.conv2d vs dense vs sparse Winograd, torch, {torch.get_num_threads()} threads) and storing "
-              f"the fastest as '{CPU_DISPATCH_KERNEL}' entries.")
+              f"(F.conv2d vs dense vs sparse Winograd, torch, {torch.get_num_threads()} threads, interleaved) "
+              "as a report (--out writes its rows; layers measure their own dispatch on first use).")
     print(f"\ntuning cache: {cache.path}")
 
     if args.dry_run:
@@ -516,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
               f"(batches {' '.join(map(str, args.batch))}, dtype {str(dtype).removeprefix('torch.')})")
         plan = []
         for j in jobs:
-            cached = cache.get_entry(j.kernel, j.key) is not None
+            cached = j.kernel != CPU_DISPATCH_KERNEL and cache.get_entry(j.kernel, j.key) is not None
             print(f"  {j.kernel:<22} N={j.batch:<3} {j.candidates:>3} candidates  {'cached ' if cached else ''}"
                   f"{j.key}  <- {', '.join(j.layers)}")
             plan.append({"kernel": j.kernel, "key": j.key, "N": j.batch, "layers": " ".join(j.layers),
@@ -565,8 +390,6 @@ def run(args: argparse.Namespace) -> int:
 def _tune_model_dispatch(args: argparse.Namespace, dtype: torch.dtype) -> None:
     """For a saved converted model, also measure what each ``backend="auto"`` layer will run
     (``tritonwino.dispatch``) at every batch size, so its first forward reads the cache."""
-    from .dispatch import tune_model
-
     model = load_model(args.model).eval()
     if not any(isinstance(mod, SparseWinogradConv2d) and mod.backend == "auto" for mod in model.modules()):
         return
@@ -574,12 +397,9 @@ def _tune_model_dispatch(args: argparse.Namespace, dtype: torch.dtype) -> None:
     model = model.to(device=device, dtype=dtype)
     size = args.input_size or 224
     for nb in args.batch:
-        x = torch.randn(nb, _first_in_channels(model), size, size, device=device, dtype=dtype)
+        x = torch.randn(nb, first_in_channels(model), size, size, device=device, dtype=dtype)
         print(f"\nper-layer dispatch at batch {nb} (stored in the cache for backend='auto' layers):")
         print(tune_model(model, x))
 
 
-def _interp_enabled() -> bool:
-    from .kernels._common import interpreting
 
-    return interpreting()

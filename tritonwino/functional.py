@@ -1,0 +1,195 @@
+"""Functional forms of the dense and sparse Winograd convolution (re-exported by
+``tritonwino.sparse_conv``).
+
+``backend``: ``"auto"`` (Triton kernels for CUDA tensors, the torch path for CPU tensors),
+``"triton"`` (force the kernels; on CPU tensors this needs the Triton interpreter, enabled with
+``TRITON_INTERPRET=1`` before import), ``"torch"`` (the pure-torch path of ``tritonwino.reference``).
+
+Every inference call goes through one ``tritonwino::`` custom op (``tritonwino.ops``), the same
+node a converted model's layers produce, so ``torch.compile(fullgraph=True)`` sees one opaque
+node per convolution. A call that needs gradients runs the differentiable torch path directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import _checks, ops, reference
+from .packing import PackedWinogradWeight, packed_from_arrays
+from .transforms import normalize_points, tile_size
+
+__all__ = ["BACKENDS", "resolve_backend", "sparse_winograd_conv2d", "winograd_conv2d", "winograd_conv2d_pck"]
+
+BACKENDS = _checks.BACKENDS
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None) -> str:
+    """The path to run: ``"torch"`` or ``"triton"``.
+
+    The Triton kernels have no backward, so when autograd needs gradients ``"auto"`` takes the
+    differentiable torch path and ``"triton"`` refuses instead of silently returning a result
+    without a gradient.
+
+    Args:
+        backend: ``"auto"``, ``"triton"`` or ``"torch"``.
+        x: the input (its device decides ``"auto"``).
+        *params: other tensors whose gradients autograd may need (weight, bias, packed values).
+    """
+    _checks.check_backend(backend)
+    needs_grad = _needs_grad(x, *params)
+    if backend == "auto":
+        return "triton" if x.is_cuda and not needs_grad else "torch"
+    if backend == "triton" and needs_grad:
+        raise RuntimeError("backend='triton' is inference-only (no backward): run under torch.no_grad() / "
+                           "inference_mode, or use backend='torch' (or 'auto') to train")
+    return backend
+
+
+def winograd_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    padding: int | tuple[int, int] = 0,
+    m: int = 4,
+    backend: str = "auto",
+    *,
+    points: Sequence[object] | None = None,
+    stride: int | tuple[int, int] = 1,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    relu: bool = False,
+    allow_tf32: bool = False,
+) -> torch.Tensor:
+    """Dense Winograd F(m×m, r×r) convolution, r taken from ``weight``.
+
+    Same result as ``F.conv2d(x, weight, bias, padding=padding)`` up to the tile's rounding error
+    (``Q = G W Gᵀ`` is computed in float64 on every call, then cast).
+
+    Args:
+        x: input (N, C, H, W), float32/float16/bfloat16 (float64 on the torch path), NCHW or
+            channels_last (the output follows).
+        weight: spatial weight (K, C, r, r), r odd.
+        bias: optional (K,).
+        padding: int or (ph, pw), zero padding.
+        m: output tile side; F(m, r) uses n = m + r − 1 input tiles.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (module docstring).
+        points: the n − 1 finite interpolation points (default: the library's standard set).
+        stride, dilation, groups: only 1, 1, 1 are supported (others raise ValueError).
+        relu: apply a ReLU to the output (fused into the output transform on Triton).
+        allow_tf32: let fp32 GEMMs use tf32 tensor cores on a GPU.
+
+    Returns:
+        (N, K, HO, WO) in ``x``'s dtype and layout.
+
+    Example:
+        >>> x, w = torch.randn(1, 8, 10, 10), torch.randn(16, 8, 3, 3)
+        >>> y = winograd_conv2d(x, w, padding=1, m=4, backend="torch")
+        >>> bool(torch.allclose(y, torch.nn.functional.conv2d(x, w, padding=1), atol=1e-4))
+        True
+    """
+    _checks.check_conv_unsupported(stride, dilation, groups)
+    k, c, r = _checks.check_weight(weight)
+    _checks.check_input(x, c)
+    _checks.check_bias(bias, k)
+    _checks.check_same_device(x=x, weight=weight, bias=bias)
+    pad = _checks.check_padding(padding)
+    pts = normalize_points(m, r, points)
+    be = resolve_backend(backend, x, weight, bias)
+    if _needs_grad(x, weight, bias):
+        return reference.winograd_conv2d(x, weight, bias, pad, m, pts, relu)
+    n = tile_size(m, r)
+    q = reference.winograd_weight(weight.detach(), m, pts)  # float64, then cast once
+    # cast straight from float64 to what the GEMM reads (no double rounding through fp32)
+    q_pck = q.permute(2, 3, 1, 0).reshape(n * n, c, k).to(_checks.operand_dtype(x.dtype)).contiguous()
+    return ops.winograd_conv2d_pck_op(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32)
+
+
+def winograd_conv2d_pck(
+    x: torch.Tensor,
+    q_pck: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: int | tuple[int, int],
+    m: int,
+    r: int,
+    points: Sequence[object] | None = None,
+    backend: str = "auto",
+    *,
+    relu: bool = False,
+    allow_tf32: bool = False,
+) -> torch.Tensor:
+    """Dense Winograd convolution from a Winograd-domain weight already laid out position-major,
+    ``q_pck`` (P, C, K) with P = n², built for F(m, r) with ``points`` (what a converted layer
+    keeps, so no per-call transform of the weight).
+
+    Example:
+        >>> from tritonwino import reference
+        >>> w = torch.randn(4, 2, 3, 3)
+        >>> q_pck = reference.winograd_weight(w, 2).permute(2, 3, 1, 0).reshape(16, 2, 4).float()
+        >>> y = winograd_conv2d_pck(torch.randn(1, 2, 6, 6), q_pck, None, 1, 2, 3, backend="torch")
+        >>> tuple(y.shape)
+        (1, 4, 6, 6)
+    """
+    pad = _checks.check_padding(padding)
+    pts = normalize_points(m, r, points)
+    be = resolve_backend(backend, x, q_pck, bias)
+    if _needs_grad(x, q_pck, bias):
+        return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts, relu)
+    return ops.winograd_conv2d_pck_op(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32)
+
+
+def sparse_winograd_conv2d(
+    x: torch.Tensor,
+    packed: PackedWinogradWeight,
+    bias: torch.Tensor | None = None,
+    padding: int | tuple[int, int] = 0,
+    backend: str = "auto",
+    *,
+    relu: bool = False,
+    allow_tf32: bool = False,
+) -> torch.Tensor:
+    """Sparse Winograd convolution: input transform -> multiply that skips pruned weights -> output
+    transform.
+
+    Args:
+        x: input (N, C, H, W); float32/float16/bfloat16 (float64 on the torch path).
+        packed: from :func:`tritonwino.sparse_conv.pack_winograd_weight`; its tile, kernel size and
+            interpolation points are used, so a weight built with one point set never runs with another.
+        bias: optional (K,).
+        padding: int or (ph, pw).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"``.
+        relu: fuse a ReLU into the output transform.
+        allow_tf32: let fp32 GEMMs use tf32 tensor cores on a GPU.
+
+    Example:
+        >>> from tritonwino.sparse_conv import pack_winograd_weight
+        >>> from tritonwino import reference
+        >>> w = torch.randn(16, 8, 3, 3)
+        >>> q = reference.winograd_weight(w, 4)
+        >>> q[:, :4] = 0  # prune half of the input channels everywhere
+        >>> packed = pack_winograd_weight(q.float(), block=(16, 1))
+        >>> y = sparse_winograd_conv2d(torch.randn(1, 8, 12, 12), packed, padding=1, backend="torch")
+        >>> tuple(y.shape)
+        (1, 16, 12, 12)
+    """
+    if not isinstance(packed, PackedWinogradWeight):
+        raise TypeError(f"packed must be a PackedWinogradWeight (see pack_winograd_weight), "
+                        f"got {type(packed).__name__}")
+    _checks.check_input(x, packed.C)
+    _checks.check_bias(bias, packed.K)
+    _checks.check_same_device(x=x, packed=packed.values, bias=bias)
+    pad = _checks.check_padding(padding)
+    be = resolve_backend(backend, x, bias, packed.values)
+    if _needs_grad(x, bias, packed.values):
+        # validated once per array version; the cached object keeps the torch path's padded slabs
+        cached = packed_from_arrays(packed.values, packed.indices, packed.offsets, packed.m, packed.r, packed.K,
+                                    packed.C, packed.block, packed.group_k, packed.points)
+        return reference.sparse_winograd_conv2d(x, cached, bias, pad, relu)
+    return ops.sparse_winograd_conv2d_op(
+        x, packed.values, packed.indices, packed.offsets, bias, list(pad), [packed.m, packed.r],
+        [packed.K, packed.C], list(packed.block), ops.points_str(packed.points), be, relu, allow_tf32)
