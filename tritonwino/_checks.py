@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from . import dwm
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -29,13 +31,17 @@ def check_padding(padding: object) -> tuple[int, int]:
     return ph, pw
 
 
-def check_conv_unsupported(stride: object = 1, dilation: object = 1, groups: int = 1) -> None:
-    if pair(stride, "stride") != (1, 1):  # type: ignore[arg-type]
-        raise ValueError(f"stride={stride!r} is not supported: Winograd convolution needs stride 1")
+def check_conv_unsupported(stride: object = 1, dilation: object = 1, groups: int = 1) -> int:
+    """Refuse what no path runs; returns the stride (1 or 2, the same along H and W)."""
+    sh, sw = pair(stride, "stride")  # type: ignore[arg-type]
+    if sh != sw or sh not in dwm.STRIDES:
+        raise ValueError(f"stride={stride!r} is not supported: Winograd convolution here runs strides "
+                         f"{dwm.STRIDES} (stride 2 by the decomposable Winograd method), equal along H and W")
     if pair(dilation, "dilation") != (1, 1):  # type: ignore[arg-type]
         raise ValueError(f"dilation={dilation!r} is not supported: Winograd convolution needs dilation 1")
     if groups != 1:
         raise ValueError(f"groups={groups!r} is not supported: only groups=1 is implemented")
+    return sh
 
 
 def check_input(x: torch.Tensor, channels: int | None = None, name: str = "x") -> None:
@@ -65,8 +71,6 @@ def check_weight(weight: torch.Tensor) -> tuple[int, int, int]:
     k, c, kh, kw = weight.shape
     if kh != kw:
         raise ValueError(f"kernel size {kh}x{kw} is not supported: Winograd here needs a square kernel")
-    if kh % 2 == 0:
-        raise ValueError(f"kernel size {kh}x{kw} is not supported: only odd kernel sizes are implemented")
     return k, c, kh
 
 
@@ -115,6 +119,25 @@ def output_size(h: int, w: int, r: int, padding: tuple[int, int]) -> tuple[int, 
     return ho, wo
 
 
+def conv_output_size(h: int, w: int, r: int, padding: tuple[int, int],
+                     decomposition: dwm.Decomposition | None) -> tuple[int, int]:
+    """Output size of a plain F(m, r) convolution (``decomposition`` None) or of the decomposed
+    k×k stride-s one (``F.conv2d``'s formula)."""
+    if decomposition is None:
+        return output_size(h, w, r, padding)
+    return dwm.output_size(h, w, decomposition.kernel, decomposition.stride, padding)
+
+
+def real_channels(virtual: int, decomposition: dwm.Decomposition | None) -> int:
+    """Input channels of a convolution whose GEMM reads ``virtual`` channels (C·pieces when decomposed)."""
+    if decomposition is None:
+        return virtual
+    if virtual % decomposition.pieces:
+        raise ValueError(f"{virtual} Winograd-domain channels do not split into the {decomposition.pieces} pieces "
+                         f"of a {decomposition.kernel}x{decomposition.kernel} stride-{decomposition.stride} kernel")
+    return virtual // decomposition.pieces
+
+
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     """The layout an output of ``x`` is written in: channels_last in gives channels_last out (a
     tensor that is both, e.g. with H = W = 1, counts as NCHW), as ``F.conv2d`` does."""
@@ -146,17 +169,21 @@ def accum_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def conv_ineligible_reason(conv: torch.nn.Conv2d, r: int | None = None) -> str | None:
-    """Why an ``nn.Conv2d`` cannot run as a Winograd F(m, r) convolution (None if it can): the one
-    eligibility rule shared by conversion and pruning. ``r`` additionally requires that kernel size."""
+    """Why an ``nn.Conv2d`` cannot run as a Winograd convolution (None if it can): the one
+    eligibility rule shared by conversion and pruning. ``r`` additionally requires that kernel size.
+    Stride 2 and kernels larger than 3 run by the decomposable Winograd method (``tritonwino.dwm``)."""
     kh, kw = conv.kernel_size
-    if kh != kw or kh % 2 == 0:
-        return f"kernel {kh}x{kw} (needs an odd square kernel)"
+    if kh != kw:
+        return f"kernel {kh}x{kw} (needs a square kernel)"
     if kh == 1:
         return "1x1 kernel (Winograd gives no saving)"
     if r is not None and kh != r:
         return f"kernel {kh}x{kw} is not {r}x{r}"
-    if tuple(conv.stride) != (1, 1):
-        return f"stride {tuple(conv.stride)} (Winograd needs stride 1)"
+    sh, sw = conv.stride
+    if sh != sw or sh not in dwm.STRIDES:
+        return f"stride {tuple(conv.stride)} (Winograd here needs stride 1 or 2, equal along H and W)"
+    if dwm.decomposition(kh, sh).r == 1:
+        return f"kernel {kh}x{kw} with stride {sh}: every piece is 1x1 (Winograd gives no saving)"
     if tuple(conv.dilation) != (1, 1):
         return f"dilation {tuple(conv.dilation)}"
     if conv.groups != 1:

@@ -13,7 +13,7 @@ from fractions import Fraction
 
 import torch
 
-from . import _checks
+from . import _checks, dwm
 from .kernels._common import next_pow2
 from .kernels.input_transform import input_transform
 from .kernels.output_transform import output_transform
@@ -45,6 +45,12 @@ INDEX_LIMIT = 2**31
 
 
 @functools.lru_cache(maxsize=64)
+def offsets_tensor(decomposition: dwm.Decomposition | None, device: torch.device) -> torch.Tensor:
+    """int32 (pieces, 2): the input transform's per-piece offset table."""
+    return torch.tensor(dwm.offsets_table(decomposition), dtype=torch.int32, device=device)
+
+
+@functools.lru_cache(maxsize=64)
 def kron_padded(m: int, r: int, pts: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """KB (NN, NN) and KA (PP, MM) in fp32, zero-padded to the kernels' power-of-two blocks."""
     kb, ka = winograd_kron(m, r, pts)
@@ -63,11 +69,13 @@ def check_triton_dtype(dtype: torch.dtype) -> None:
                         "use backend='torch' for float64")
 
 
-def check_index_range(x: torch.Tensor, k: int, c: int, m: int, r: int, padding: tuple[int, int]) -> None:
+def check_index_range(x: torch.Tensor, k: int, c: int, m: int, r: int, padding: tuple[int, int],
+                      decomposition: dwm.Decomposition | None = None) -> None:
     """Refuse (ValueError) a call where any tensor this path creates or reads would have
-    ``INDEX_LIMIT`` or more elements. Pure shape arithmetic: no host sync, works on meta tensors."""
+    ``INDEX_LIMIT`` or more elements (``c``: the GEMM's channels, virtual ones when decomposed).
+    Pure shape arithmetic: no host sync, works on meta tensors."""
     nb, _, h, w = x.shape
-    ho, wo = _checks.output_size(h, w, r, padding)
+    ho, wo = _checks.conv_output_size(h, w, r, padding, decomposition)
     n = tile_size(m, r)
     t = nb * (-(-ho // m)) * (-(-wo // m))
     sizes = {"input": x.numel(), "output": nb * k * ho * wo, "V (P x C x tiles)": n * n * c * t,
@@ -91,15 +99,24 @@ def run(
     r: int,
     pts: tuple,
     relu: bool = False,
+    winograd_relu: bool = False,
+    decomposition: dwm.Decomposition | None = None,
 ) -> torch.Tensor:
-    """Run the three stages; ``gemm(V (P, C, T)) -> M (P, K, T) fp32`` is the middle stage."""
+    """Run the three stages; ``gemm(V (P, C, T)) -> M (P, K, T) fp32`` is the middle stage. A
+    decomposed convolution's pieces are virtual input channels of the one input transform."""
     check_triton_dtype(x.dtype)
     n = tile_size(m, r)
     nb, _, h, w = x.shape
-    ho, wo = _checks.output_size(h, w, r, padding)
+    ho, wo = _checks.conv_output_size(h, w, r, padding, decomposition)
     tiles = tile_grid(ho, wo, m)
     kb, ka = kron_padded(m, r, pts, x.device)
-    v = input_transform(x, kb, n, m, padding, tiles, _checks.operand_dtype(x.dtype))
+    if decomposition is None:
+        v = input_transform(x, kb, n, m, padding, tiles, _checks.operand_dtype(x.dtype),
+                            winograd_relu=winograd_relu)
+    else:
+        v = input_transform(x, kb, n, m, padding, tiles, _checks.operand_dtype(x.dtype),
+                            offsets_tensor(decomposition, x.device), decomposition.stride,
+                            (ho + r - 1, wo + r - 1), winograd_relu)
     mm = gemm(v)
     y = _checks.empty_output(x, k, ho, wo)
     return output_transform(mm, ka, bias, y, m, tiles, relu)
@@ -107,28 +124,32 @@ def run(
 
 def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
                     m: int, r: int, pts: tuple[Fraction, ...], relu: bool = False,
-                    allow_tf32: bool = False) -> torch.Tensor:
-    """Dense Winograd convolution with a position-major Winograd-domain weight ``q_pck`` (P, C, K)."""
+                    allow_tf32: bool = False, winograd_relu: bool = False,
+                    decomposition: dwm.Decomposition | None = None) -> torch.Tensor:
+    """Dense Winograd convolution with a position-major Winograd-domain weight ``q_pck`` (P, C, K)
+    (C = input channels · pieces for a decomposed convolution)."""
     p, c, k = q_pck.shape
     check_triton_dtype(x.dtype)
-    check_index_range(x, k, c, m, r, padding)
+    check_index_range(x, k, c, m, r, padding, decomposition)
     q = q_pck.to(_checks.operand_dtype(x.dtype)).contiguous()
 
     def gemm(v: torch.Tensor) -> torch.Tensor:
         return winograd_gemm(v, q, allow_tf32, select.dense_config(v, q, m, r, allow_tf32))
 
-    return run(x, gemm, k, bias, padding, m, r, pts, relu)
+    return run(x, gemm, k, bias, padding, m, r, pts, relu, winograd_relu, decomposition)
 
 
 def sparse_winograd_conv2d(x: torch.Tensor, packed: PackedWinogradWeight, bias: torch.Tensor | None,
-                           padding: tuple[int, int], relu: bool = False, allow_tf32: bool = False) -> torch.Tensor:
-    """Sparse Winograd convolution with a validated ``PackedWinogradWeight``."""
+                           padding: tuple[int, int], relu: bool = False, allow_tf32: bool = False,
+                           winograd_relu: bool = False) -> torch.Tensor:
+    """Sparse Winograd convolution with a validated ``PackedWinogradWeight`` (decomposed if it says so)."""
     check_triton_dtype(x.dtype)
-    check_index_range(x, packed.K, packed.C, packed.m, packed.r, padding)
+    check_index_range(x, packed.K, packed.C, packed.m, packed.r, padding, packed.dwm)
     vals = packed.values_as(_checks.operand_dtype(x.dtype))
 
     def gemm(v: torch.Tensor) -> torch.Tensor:
         cfg = select.sparse_config(v, packed, vals, allow_tf32)
         return sparse_winograd_gemm(v, vals, packed.indices, packed.offsets, packed.K, packed.group_k, allow_tf32, cfg)
 
-    return run(x, gemm, packed.K, bias, padding, packed.m, packed.r, packed.points_fractions(), relu)
+    return run(x, gemm, packed.K, bias, padding, packed.m, packed.r, packed.points_fractions(), relu, winograd_relu,
+               packed.dwm)

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _checks, ops, reference
-from .packing import PackedWinogradWeight, packed_from_arrays
+from . import _checks, dwm, ops, reference
+from .packing import PackedWinogradWeight, check_decomposition, packed_from_arrays
 from .transforms import normalize_points, tile_size
 
 __all__ = ["BACKENDS", "resolve_backend", "sparse_winograd_conv2d", "winograd_conv2d", "winograd_conv2d_pck"]
@@ -65,24 +65,35 @@ def winograd_conv2d(
     groups: int = 1,
     relu: bool = False,
     allow_tf32: bool = False,
+    winograd_relu: bool = False,
+    decompose: bool | None = None,
 ) -> torch.Tensor:
-    """Dense Winograd F(m×m, r×r) convolution, r taken from ``weight``.
+    """Dense Winograd convolution: F(m×m, r×r) with r taken from ``weight``, or, for stride 2 and
+    kernels larger than 3×3, the decomposable Winograd method (``tritonwino.dwm``): the kernel
+    split into ≤3×3 stride-1 pieces that run as one F(m, r_piece) convolution.
 
-    Same result as ``F.conv2d(x, weight, bias, padding=padding)`` up to the tile's rounding error
-    (``Q = G W Gᵀ`` is computed in float64 on every call, then cast).
+    Same result as ``F.conv2d(x, weight, bias, stride, padding)`` up to the tile's rounding error
+    (``Q = G W Gᵀ`` is computed in float64 on every call, then cast); with ``winograd_relu`` it is
+    Liu et al.'s ``Aᵀ[Q ⊙ ReLU(Bᵀ X B)]A`` instead.
 
     Args:
         x: input (N, C, H, W), float32/float16/bfloat16 (float64 on the torch path), NCHW or
             channels_last (the output follows).
-        weight: spatial weight (K, C, r, r), r odd.
+        weight: spatial weight (K, C, k, k), square.
         bias: optional (K,).
         padding: int or (ph, pw), zero padding.
-        m: output tile side; F(m, r) uses n = m + r − 1 input tiles.
+        m: output tile side; F(m, r) uses n = m + r − 1 input tiles (r the piece size when decomposed).
         backend: ``"auto"``, ``"triton"`` or ``"torch"`` (module docstring).
         points: the n − 1 finite interpolation points (default: the library's standard set).
-        stride, dilation, groups: only 1, 1, 1 are supported (others raise ValueError).
+        stride: 1 or 2 (2 runs decomposed).
+        dilation, groups: only 1 and 1 are supported (others raise ValueError).
         relu: apply a ReLU to the output (fused into the output transform on Triton).
         allow_tf32: let fp32 GEMMs use tf32 tensor cores on a GPU.
+        winograd_relu: ReLU on the transformed input tiles, ``ReLU(Bᵀ X B)`` (Liu et al. 2018; fused
+            into the input transform on Triton). Not a spatial convolution: the result depends on
+            the tile grid.
+        decompose: ``None`` (auto: decomposed for stride 2, even kernels and kernels > 3),
+            ``True`` or ``False`` (a stride-1 kernel as one F(m, k) tile); see ``tritonwino.dwm.plan``.
 
     Returns:
         (N, K, HO, WO) in ``x``'s dtype and layout.
@@ -92,22 +103,32 @@ def winograd_conv2d(
         >>> y = winograd_conv2d(x, w, padding=1, m=4, backend="torch")
         >>> bool(torch.allclose(y, torch.nn.functional.conv2d(x, w, padding=1), atol=1e-4))
         True
+        >>> w7 = torch.randn(16, 8, 7, 7)  # a ResNet-style 7x7 stride-2 stem: nine 3x3 pieces
+        >>> y = winograd_conv2d(x, w7, padding=3, stride=2, backend="torch")
+        >>> bool(torch.allclose(y, torch.nn.functional.conv2d(x, w7, stride=2, padding=3), atol=1e-3))
+        True
     """
-    _checks.check_conv_unsupported(stride, dilation, groups)
-    k, c, r = _checks.check_weight(weight)
+    s = _checks.check_conv_unsupported(stride, dilation, groups)
+    k, c, ks = _checks.check_weight(weight)
     _checks.check_input(x, c)
     _checks.check_bias(bias, k)
     _checks.check_same_device(x=x, weight=weight, bias=bias)
     pad = _checks.check_padding(padding)
+    d = dwm.plan(ks, s, decompose)
+    r = ks if d is None else d.r
     pts = normalize_points(m, r, points)
     be = resolve_backend(backend, x, weight, bias)
     if _needs_grad(x, weight, bias):
-        return reference.winograd_conv2d(x, weight, bias, pad, m, pts, relu)
+        return reference.winograd_conv2d(x, weight, bias, pad, m, pts, relu, winograd_relu=winograd_relu,
+                                         stride=s, decompose=decompose)
     n = tile_size(m, r)
-    q = reference.winograd_weight(weight.detach(), m, pts)  # float64, then cast once
+    w = weight.detach() if d is None else dwm.expand_weight(weight.detach(), d)
+    cv = w.shape[1]
+    q = reference.winograd_weight(w, m, pts)  # float64, then cast once
     # cast straight from float64 to what the GEMM reads (no double rounding through fp32)
-    q_pck = q.permute(2, 3, 1, 0).reshape(n * n, c, k).to(_checks.operand_dtype(x.dtype)).contiguous()
-    return ops.winograd_conv2d_pck_op(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32)
+    q_pck = q.permute(2, 3, 1, 0).reshape(n * n, cv, k).to(_checks.operand_dtype(x.dtype)).contiguous()
+    return ops.winograd_conv2d_pck_op(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32,
+                                      winograd_relu, None if d is None else d.key())
 
 
 def winograd_conv2d_pck(
@@ -122,10 +143,13 @@ def winograd_conv2d_pck(
     *,
     relu: bool = False,
     allow_tf32: bool = False,
+    winograd_relu: bool = False,
+    decomposition: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Dense Winograd convolution from a Winograd-domain weight already laid out position-major,
     ``q_pck`` (P, C, K) with P = n², built for F(m, r) with ``points`` (what a converted layer
-    keeps, so no per-call transform of the weight).
+    keeps, so no per-call transform of the weight). ``decomposition = (kernel, stride)`` when
+    ``q_pck`` is a decomposed convolution's (C = input channels · pieces, ``tritonwino.dwm``).
 
     Example:
         >>> from tritonwino import reference
@@ -138,9 +162,11 @@ def winograd_conv2d_pck(
     pad = _checks.check_padding(padding)
     pts = normalize_points(m, r, points)
     be = resolve_backend(backend, x, q_pck, bias)
+    d = None if decomposition is None else dwm.decomposition(*check_decomposition(decomposition, r, q_pck.shape[1]))
     if _needs_grad(x, q_pck, bias):
-        return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts, relu)
-    return ops.winograd_conv2d_pck_op(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32)
+        return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts, relu, winograd_relu, d)
+    return ops.winograd_conv2d_pck_op(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32,
+                                      winograd_relu, None if d is None else d.key())
 
 
 def sparse_winograd_conv2d(
@@ -152,6 +178,7 @@ def sparse_winograd_conv2d(
     *,
     relu: bool = False,
     allow_tf32: bool = False,
+    winograd_relu: bool = False,
 ) -> torch.Tensor:
     """Sparse Winograd convolution: input transform -> multiply that skips pruned weights -> output
     transform.
@@ -160,11 +187,13 @@ def sparse_winograd_conv2d(
         x: input (N, C, H, W); float32/float16/bfloat16 (float64 on the torch path).
         packed: from :func:`tritonwino.sparse_conv.pack_winograd_weight`; its tile, kernel size and
             interpolation points are used, so a weight built with one point set never runs with another.
+            A packed weight with a ``decomposition`` runs its k×k stride-s convolution (``tritonwino.dwm``).
         bias: optional (K,).
         padding: int or (ph, pw).
         backend: ``"auto"``, ``"triton"`` or ``"torch"``.
         relu: fuse a ReLU into the output transform.
         allow_tf32: let fp32 GEMMs use tf32 tensor cores on a GPU.
+        winograd_relu: ``Aᵀ[Q ⊙ ReLU(Bᵀ X B)]A`` (Liu et al.; fused into the input transform on Triton).
 
     Example:
         >>> from tritonwino.sparse_conv import pack_winograd_weight
@@ -180,7 +209,7 @@ def sparse_winograd_conv2d(
     if not isinstance(packed, PackedWinogradWeight):
         raise TypeError(f"packed must be a PackedWinogradWeight (see pack_winograd_weight), "
                         f"got {type(packed).__name__}")
-    _checks.check_input(x, packed.C)
+    _checks.check_input(x, packed.in_channels)
     _checks.check_bias(bias, packed.K)
     _checks.check_same_device(x=x, packed=packed.values, bias=bias)
     pad = _checks.check_padding(padding)
@@ -188,8 +217,9 @@ def sparse_winograd_conv2d(
     if _needs_grad(x, bias, packed.values):
         # validated once per array version; the cached object keeps the torch path's padded slabs
         cached = packed_from_arrays(packed.values, packed.indices, packed.offsets, packed.m, packed.r, packed.K,
-                                    packed.C, packed.block, packed.group_k, packed.points)
-        return reference.sparse_winograd_conv2d(x, cached, bias, pad, relu)
+                                    packed.C, packed.block, packed.group_k, packed.points, packed.decomposition)
+        return reference.sparse_winograd_conv2d(x, cached, bias, pad, relu, winograd_relu)
     return ops.sparse_winograd_conv2d_op(
         x, packed.values, packed.indices, packed.offsets, bias, list(pad), [packed.m, packed.r],
-        [packed.K, packed.C], list(packed.block), ops.points_str(packed.points), be, relu, allow_tf32)
+        [packed.K, packed.C], list(packed.block), ops.points_str(packed.points), be, relu, allow_tf32,
+        winograd_relu, None if packed.decomposition is None else list(packed.decomposition))

@@ -6,10 +6,14 @@ into Triton launchers) and is tested with ``torch.library.opcheck``. The public 
 whichever it uses. Schemas carry only what the tensors do not already say:
 
 * ``tritonwino::sparse_winograd_conv2d(x, values, indices, offsets, bias, padding[2], tile[2] = (m, r),
-  channels[2] = (K, C), block[2], points, backend, relu, allow_tf32)`` — the group size is
-  ``values.shape[1]``, the number of kept slots ``indices.numel()``.
+  channels[2] = (K, C), block[2], points, backend, relu, allow_tf32, winograd_relu=False, dwm=None)``
+  — the group size is ``values.shape[1]``, the number of kept slots ``indices.numel()``.
 * ``tritonwino::winograd_conv2d_pck(x, q_pck, bias, padding[2], tile[2], points, backend, relu,
-  allow_tf32)`` — dense, from the position-major Winograd-domain weight ``q_pck`` (P, C, K).
+  allow_tf32, winograd_relu=False, dwm=None)`` — dense, from the position-major Winograd-domain
+  weight ``q_pck`` (P, C, K).
+
+``winograd_relu``: ``Aᵀ[Q ⊙ ReLU(Bᵀ X B)]A`` (Liu et al.). ``dwm``: ``[kernel, stride]`` of a
+decomposed convolution (``tritonwino.dwm``; C then counts input channels · pieces), None for plain.
 
 ``points`` is the comma-joined list of interpolation points (``"0,1,-1,2,-2"``; the schema has no
 list-of-strings type); ``backend`` is ``"torch"`` or ``"triton"`` (already resolved).
@@ -24,8 +28,8 @@ from fractions import Fraction
 
 import torch
 
-from . import _checks, _triton_path, reference
-from .packing import packed_from_arrays
+from . import _checks, _triton_path, dwm, reference
+from .packing import check_decomposition, packed_from_arrays
 from .transforms import normalize_points, tile_size
 
 __all__ = ["points_str", "points_tuple", "sparse_winograd_conv2d_op", "winograd_conv2d_pck_op"]
@@ -52,6 +56,14 @@ def _pair(v, name: str) -> tuple[int, int]:
     return int(v[0]), int(v[1])
 
 
+def _decomposition(key, r: int, c: int) -> dwm.Decomposition | None:
+    """The op argument ``dwm`` (None or [kernel, stride]) checked against the tile and channels."""
+    if key is None:
+        return None
+    ks = check_decomposition(_pair(key, "dwm"), r, c)
+    return dwm.decomposition(*ks)
+
+
 # --------------------------------------------------------------------------------------------
 # sparse op
 # --------------------------------------------------------------------------------------------
@@ -59,28 +71,30 @@ def _pair(v, name: str) -> tuple[int, int]:
 def sparse_winograd_conv2d_op(
     x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
     bias: torch.Tensor | None, padding: list[int], tile: list[int], channels: list[int], block: list[int],
-    points: str, backend: str, relu: bool, allow_tf32: bool,
+    points: str, backend: str, relu: bool, allow_tf32: bool, winograd_relu: bool = False,
+    dwm: list[int] | None = None,
 ) -> torch.Tensor:
     _check_backend(backend)
     pad, (m, r), (k, c) = _pair(padding, "padding"), _pair(tile, "tile"), _pair(channels, "channels")
     if values.dim() != 2:
         raise ValueError(f"packed values must be 2-D (nnz, group_k), got shape {tuple(values.shape)}")
     packed = packed_from_arrays(values, indices, offsets, m, r, k, c, _pair(block, "block"), int(values.shape[1]),
-                                points_tuple(points))
+                                points_tuple(points), None if dwm is None else _pair(dwm, "dwm"))
     if backend == "triton":
-        y = _triton_path.sparse_winograd_conv2d(x, packed, bias, pad, relu, allow_tf32)
+        y = _triton_path.sparse_winograd_conv2d(x, packed, bias, pad, relu, allow_tf32, winograd_relu)
     else:
-        y = reference.sparse_winograd_conv2d(x, packed, bias, pad, relu)
+        y = reference.sparse_winograd_conv2d(x, packed, bias, pad, relu, winograd_relu)
     return y.clone() if y is x else y  # custom ops may not return an alias of an input
 
 
 @sparse_winograd_conv2d_op.register_fake
 def _sparse_fake(x, values, indices, offsets, bias, padding, tile, channels, block, points, backend, relu,
-                 allow_tf32):
+                 allow_tf32, winograd_relu=False, dwm=None):
     _check_backend(backend)
     (k, c), (_, r) = _pair(channels, "channels"), _pair(tile, "tile")
-    _checks.check_input(x, c)
-    ho, wo = _checks.output_size(x.shape[2], x.shape[3], r, _pair(padding, "padding"))
+    d = _decomposition(dwm, r, c)
+    _checks.check_input(x, _checks.real_channels(c, d))
+    ho, wo = _checks.conv_output_size(x.shape[2], x.shape[3], r, _pair(padding, "padding"), d)
     return _checks.empty_output(x, k, ho, wo)
 
 
@@ -90,7 +104,8 @@ def _sparse_fake(x, values, indices, offsets, bias, padding, tile, channels, blo
 @torch.library.custom_op("tritonwino::winograd_conv2d_pck", mutates_args=())
 def winograd_conv2d_pck_op(
     x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | None, padding: list[int], tile: list[int],
-    points: str, backend: str, relu: bool, allow_tf32: bool,
+    points: str, backend: str, relu: bool, allow_tf32: bool, winograd_relu: bool = False,
+    dwm: list[int] | None = None,
 ) -> torch.Tensor:
     _check_backend(backend)
     pad, (m, r) = _pair(padding, "padding"), _pair(tile, "tile")
@@ -98,18 +113,21 @@ def winograd_conv2d_pck_op(
     p, c, k = q_pck.shape
     if p != tile_size(m, r) ** 2:
         raise ValueError(f"q_pck has {p} positions; F({m},{r}) has {tile_size(m, r) ** 2}")
-    _checks.check_input(x, c)
+    d = _decomposition(dwm, r, c)
+    _checks.check_input(x, _checks.real_channels(c, d))
     _checks.check_bias(bias, k)
     _checks.check_same_device(x=x, q=q_pck, bias=bias)
     if backend == "torch":
-        return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts or None, relu)
+        return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts or None, relu, winograd_relu, d)
     fr = normalize_points(m, r, tuple(Fraction(s) for s in pts) if pts else None)
-    return _triton_path.winograd_conv2d(x, q_pck, bias, pad, m, r, fr, relu, allow_tf32)
+    return _triton_path.winograd_conv2d(x, q_pck, bias, pad, m, r, fr, relu, allow_tf32, winograd_relu, d)
 
 
 @winograd_conv2d_pck_op.register_fake
-def _dense_fake(x, q_pck, bias, padding, tile, points, backend, relu, allow_tf32):
+def _dense_fake(x, q_pck, bias, padding, tile, points, backend, relu, allow_tf32, winograd_relu=False, dwm=None):
     _check_backend(backend)
-    _checks.check_input(x, q_pck.shape[1])
-    ho, wo = _checks.output_size(x.shape[2], x.shape[3], _pair(tile, "tile")[1], _pair(padding, "padding"))
+    r = _pair(tile, "tile")[1]
+    d = _decomposition(dwm, r, q_pck.shape[1])
+    _checks.check_input(x, _checks.real_channels(q_pck.shape[1], d))
+    ho, wo = _checks.conv_output_size(x.shape[2], x.shape[3], r, _pair(padding, "padding"), d)
     return _checks.empty_output(x, q_pck.shape[2], ho, wo)

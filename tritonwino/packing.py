@@ -11,6 +11,10 @@ Arrays (``G = ceil(K / group_k)``, ``P = n²``; groups ordered ``p * G + g``):
 * ``indices`` int16 when C ≤ 32767, else int32 (nnz,): the kept input channel of each slot,
   ascending within a group (int16 halves the index overhead: 2 bytes per 16 to 64 values);
 * ``values`` (nnz, group_k): ``values[s, j] = q[g*group_k + j, indices[s], p]`` (0 past K).
+
+A weight of the decomposable Winograd method (``tritonwino.dwm``: stride 2, large kernels) is the
+same format over C = input channels · pieces virtual channels, plus ``decomposition = (kernel,
+stride)``, from which the pieces follow; ``r`` is then the piece size.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from fractions import Fraction
 
 import torch
 
-from . import _checks
+from . import _checks, dwm
 from .transforms import normalize_points
 
 __all__ = ["PackedWinogradWeight", "SUPPORTED_GROUP_K", "check_kernel_block", "index_dtype", "pack_winograd_weight",
@@ -52,6 +56,7 @@ class PackedWinogradWeight:
     block: tuple[int, int]
     group_k: int
     points: tuple[str, ...]
+    decomposition: tuple[int, int] | None = None  # (kernel, stride) of a decomposed conv; C is then C_in·pieces
     _cast_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- derived metadata -------------------------------------------------------------------
@@ -66,6 +71,24 @@ class PackedWinogradWeight:
     @property
     def G(self) -> int:  # noqa: N802
         return math.ceil(self.K / self.group_k)
+
+    @property
+    def dwm(self) -> dwm.Decomposition | None:
+        """The pieces of a decomposed convolution (None for a plain F(m, r) one)."""
+        return None if self.decomposition is None else dwm.decomposition(*self.decomposition)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the convolution (C, or C / pieces for a decomposed one)."""
+        return _checks.real_channels(self.C, self.dwm)
+
+    @property
+    def kernel_size(self) -> int:
+        return self.r if self.decomposition is None else self.decomposition[0]
+
+    @property
+    def stride(self) -> int:
+        return 1 if self.decomposition is None else self.decomposition[1]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -102,7 +125,7 @@ class PackedWinogradWeight:
     def to(self, device=None, dtype: torch.dtype | None = None) -> PackedWinogradWeight:
         return PackedWinogradWeight(
             self.values.to(device=device, dtype=dtype), self.indices.to(device), self.offsets.to(device),
-            self.m, self.r, self.K, self.C, self.block, self.group_k, self.points,
+            self.m, self.r, self.K, self.C, self.block, self.group_k, self.points, self.decomposition,
         )
 
     @torch.inference_mode(False)  # cached across calls: must not be an inference tensor
@@ -181,6 +204,24 @@ class PackedWinogradWeight:
         if nnz and (int(self.indices.min()) < 0 or int(self.indices.max()) >= self.C):
             raise ValueError(f"packed weight: a channel index is outside [0, {self.C})")
         normalize_points(self.m, self.r, self.points)
+        check_decomposition(self.decomposition, self.r, self.C)
+
+
+def check_decomposition(decomposition: object, r: int, c: int) -> tuple[int, int] | None:
+    """``None`` or ``(kernel, stride)`` whose pieces have size ``r`` and divide the ``c`` channels
+    (ValueError otherwise); returns it as a tuple of ints."""
+    if decomposition is None:
+        return None
+    if (not isinstance(decomposition, tuple | list) or len(decomposition) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in decomposition)):
+        raise ValueError(f"packed weight: decomposition must be None or (kernel, stride), got {decomposition!r}")
+    d = dwm.decomposition(int(decomposition[0]), int(decomposition[1]))
+    if d.r != r:
+        raise ValueError(f"packed weight: a {d.kernel}x{d.kernel} stride-{d.stride} kernel decomposes into "
+                         f"{d.r}x{d.r} pieces, but r={r}")
+    if c % d.pieces:
+        raise ValueError(f"packed weight: C={c} virtual channels do not split into {d.pieces} pieces")
+    return d.kernel, d.stride
 
 
 def check_kernel_block(block: object) -> tuple[int, int]:
@@ -202,6 +243,7 @@ def pack_winograd_weight(
     points: Sequence[object] | None = None,
     dtype: torch.dtype | None = None,
     group_k: int | None = None,
+    decomposition: tuple[int, int] | None = None,
 ) -> PackedWinogradWeight:
     """Pack a Winograd-domain weight ``q`` (K, C, n, n) whose exact zeros are pruned entries.
 
@@ -217,6 +259,8 @@ def pack_winograd_weight(
         points: the interpolation points ``q`` was built with (default: the library's standard set).
         dtype: storage dtype of the values (default ``q.dtype``, which makes ``unpack()`` exact).
         group_k: output channels per group for element granularity (16, 32 or 64).
+        decomposition: ``(kernel, stride)`` when ``q`` is the Winograd-domain form of a decomposed
+            k×k stride-s convolution (``tritonwino.dwm``): C = input channels · pieces, r the piece size.
 
     Returns:
         A validated ``PackedWinogradWeight``.
@@ -242,6 +286,7 @@ def pack_winograd_weight(
     if m < 1:
         raise ValueError(f"q has n={n}, which is not a tile for r={r} (need n >= r)")
     pts = normalize_points(m, r, points)
+    decomposition = check_decomposition(decomposition, r, c)
     if not torch.isfinite(q).all():
         raise ValueError("q contains NaN or Inf: pack only finite weights")
     bk, bc = check_kernel_block(block)
@@ -278,7 +323,7 @@ def pack_winograd_weight(
         indices=ch.to(index_dtype(c)).contiguous(),
         offsets=offsets.to(torch.int32),
         m=m, r=r, K=k, C=c, block=(bk, bc), group_k=group_k,
-        points=tuple(str(p) for p in pts),
+        points=tuple(str(p) for p in pts), decomposition=decomposition,
     )
     return packed
 
@@ -301,17 +346,19 @@ def _forget(registry: dict, key: int, ref: weakref.ref) -> None:
 
 def packed_from_arrays(values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, m: int, r: int,
                        k: int, c: int, block: tuple[int, int], group_k: int,
-                       points: tuple[str, ...]) -> PackedWinogradWeight:
+                       points: tuple[str, ...], decomposition: tuple[int, int] | None = None) -> PackedWinogradWeight:
     """The ``PackedWinogradWeight`` over these arrays, validated once per array version (ValueError
     if corrupt); the same object (with its caches) comes back while the arrays are unchanged."""
-    meta = (m, r, k, c, tuple(block), group_k, tuple(points))
+    decomposition = None if decomposition is None else tuple(decomposition)
+    meta = (m, r, k, c, tuple(block), group_k, tuple(points), decomposition)
     versions = (values._version, indices._version, offsets._version)
     key = id(values)
     entry = _REGISTRY.get(key)
     if (entry is not None and entry[0]() is values and entry[1]() is indices and entry[2]() is offsets
             and entry[3] == versions and entry[4] == meta):
         return entry[5]
-    packed = PackedWinogradWeight(values, indices, offsets, m, r, k, c, tuple(block), group_k, tuple(points))
+    packed = PackedWinogradWeight(values, indices, offsets, m, r, k, c, tuple(block), group_k, tuple(points),
+                                  decomposition)
     packed.validate()
     vref = weakref.ref(values, lambda ref, key=key, reg=_REGISTRY: _forget(reg, key, ref))
     _REGISTRY[key] = (vref, weakref.ref(indices), weakref.ref(offsets), versions, meta, packed)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _checks
+from . import _checks, dwm
 from .transforms import normalize_points, tile_size, winograd_kron, winograd_matrices
 
 __all__ = [
@@ -89,12 +89,19 @@ def _kron_filters(m: int, r: int, pts: tuple, dtype: torch.dtype, device: torch.
 
 
 def input_transform(
-    x: torch.Tensor, m: int, r: int, padding: tuple[int, int], points=None, zero_row: bool = False
+    x: torch.Tensor, m: int, r: int, padding: tuple[int, int], points=None, zero_row: bool = False,
+    decomposition: dwm.Decomposition | None = None, winograd_relu: bool = False,
 ) -> torch.Tensor:
     """``V = Bᵀ X B`` for every tile: returns (P, C, T) in the accumulation dtype, T = N·th·tw.
 
     ``zero_row=True`` returns (P, C + 1, T) with an all-zero channel C, which the sparse path's
-    padded gathers point at (written in the same copy that lays V out, not a second one)."""
+    padded gathers point at (written in the same copy that lays V out, not a second one).
+    ``decomposition``: a decomposed convolution (``tritonwino.dwm``) transforms the expanded input
+    X' (C·pieces virtual channels, materialised here; the Triton kernel reads x in place).
+    ``winograd_relu``: ``V = ReLU(Bᵀ X B)`` (Liu et al.'s Winograd-ReLU)."""
+    if decomposition is not None:
+        x = dwm.expand_input(x, decomposition, padding)
+        padding = (0, 0)
     pts = normalize_points(m, r, points)
     n = tile_size(m, r)
     nb, c, h, w = x.shape
@@ -107,6 +114,8 @@ def input_transform(
     extra_w = tw * m + r - 1 - (w + 2 * pw)
     xp = F.pad(x.to(acc), (pw, pw + extra_w, ph, ph + extra_h))
     v = F.conv2d(xp.reshape(nb * c, 1, xp.shape[2], xp.shape[3]), bfilt, stride=m)  # (N*C, P, th, tw)
+    if winograd_relu:
+        v = torch.relu(v)
     v = v.reshape(nb, c, n * n, th * tw).permute(2, 1, 0, 3)
     if not zero_row:
         return v.reshape(n * n, c, nb * th * tw)
@@ -172,15 +181,18 @@ def sparse_winograd_conv2d(
     bias: torch.Tensor | None = None,
     padding: int | tuple[int, int] = 0,
     relu: bool = False,
+    winograd_relu: bool = False,
 ) -> torch.Tensor:
-    """Sparse Winograd convolution with a ``PackedWinogradWeight`` (inference; torch ops)."""
+    """Sparse Winograd convolution with a ``PackedWinogradWeight`` (inference; torch ops); a packed
+    weight with a decomposition runs its k×k stride-s convolution."""
     pad = _checks.check_padding(padding)
-    m, r, pts = packed.m, packed.r, packed.points_fractions()
+    m, r, pts, d = packed.m, packed.r, packed.points_fractions(), packed.dwm
     nb, _, h, w = x.shape
-    ho, wo = _checks.output_size(h, w, r, pad)
+    ho, wo = _checks.conv_output_size(h, w, r, pad, d)
     acc = _checks.accum_dtype(x.dtype)
     opd = _checks.operand_dtype(x.dtype)
-    v = input_transform(x, m, r, pad, pts, zero_row=True).to(opd).to(acc)
+    v = input_transform(x, m, r, pad, pts, zero_row=True, decomposition=d, winograd_relu=winograd_relu)
+    v = v.to(opd).to(acc)
     mm = sparse_winograd_gemm(v, packed, opd)
     y = output_transform(mm, nb, ho, wo, m, r, pts, bias, relu)
     return _finish(y, x)
@@ -200,17 +212,21 @@ def winograd_conv2d_q(
     r: int = 3,
     points=None,
     relu: bool = False,
+    winograd_relu: bool = False,
+    decomposition: dwm.Decomposition | None = None,
 ) -> torch.Tensor:
     """Winograd convolution from a Winograd-domain weight ``q`` (K, C, n, n).
 
-    ``q`` must have been built with the same (m, r, points). Differentiable in x, q and bias.
+    ``q`` must have been built with the same (m, r, points) (and, for a decomposed convolution,
+    from the expanded weight: C = input channels · pieces). Differentiable in x, q and bias.
     """
     pad = _checks.check_padding(padding)
     n = tile_size(m, r)
     if q.dim() != 4 or q.shape[2] != n or q.shape[3] != n:
         raise ValueError(f"q must have shape (K, C, {n}, {n}) for F({m},{r}), got {tuple(q.shape)}")
     k, c = q.shape[:2]
-    return winograd_conv2d_pck(x, q.permute(2, 3, 1, 0).reshape(n * n, c, k), bias, pad, m, r, points, relu)
+    return winograd_conv2d_pck(x, q.permute(2, 3, 1, 0).reshape(n * n, c, k), bias, pad, m, r, points, relu,
+                               winograd_relu, decomposition)
 
 
 def winograd_conv2d_pck(
@@ -222,18 +238,21 @@ def winograd_conv2d_pck(
     r: int,
     points=None,
     relu: bool = False,
+    winograd_relu: bool = False,
+    decomposition: dwm.Decomposition | None = None,
 ) -> torch.Tensor:
     """Winograd convolution from a position-major weight ``q_pck`` (P, C, K) — the layout the GEMM
-    uses, so a module can keep it and skip a per-call permute of the whole weight."""
+    uses, so a module can keep it and skip a per-call permute of the whole weight. With a
+    ``decomposition``, C counts virtual channels (input channels · pieces)."""
     _, c, k = q_pck.shape
-    _checks.check_input(x, c)
+    _checks.check_input(x, _checks.real_channels(c, decomposition))
     _checks.check_bias(bias, k)
     _checks.check_same_device(x=x, q=q_pck, bias=bias)
     nb, _, h, w = x.shape
-    ho, wo = _checks.output_size(h, w, r, padding)
+    ho, wo = _checks.conv_output_size(h, w, r, padding, decomposition)
     acc = _checks.accum_dtype(x.dtype)
     opd = _checks.operand_dtype(x.dtype)
-    v = input_transform(x, m, r, padding, points).to(opd)
+    v = input_transform(x, m, r, padding, points, decomposition=decomposition, winograd_relu=winograd_relu).to(opd)
     # fp32 accumulation for half operands: upcast exact values, then one fp32 matmul.
     mm = winograd_gemm(v.to(acc), q_pck.to(opd).to(acc))
     y = output_transform(mm, nb, ho, wo, m, r, points, bias, relu)
@@ -248,8 +267,16 @@ def winograd_conv2d(
     m: int = 4,
     points=None,
     relu: bool = False,
+    *,
+    winograd_relu: bool = False,
+    stride: int = 1,
+    decompose: bool | None = None,
 ) -> torch.Tensor:
-    """Dense Winograd conv2d (stride 1, dilation 1, groups 1), pure torch, differentiable."""
-    _, _, r = _checks.check_weight(weight)
-    q = winograd_weight(weight, m, points)
-    return winograd_conv2d_q(x, q.to(_checks.accum_dtype(x.dtype)), bias, padding, m, r, points, relu)
+    """Dense Winograd conv2d (dilation 1, groups 1), pure torch, differentiable. Stride 2 and
+    large kernels run decomposed (``tritonwino.dwm.plan`` decides, ``decompose`` overrides)."""
+    _, _, k = _checks.check_weight(weight)
+    d = dwm.plan(k, stride, decompose)
+    r = k if d is None else d.r
+    q = winograd_weight(weight if d is None else dwm.expand_weight(weight, d), m, points)
+    return winograd_conv2d_q(x, q.to(_checks.accum_dtype(x.dtype)), bias, padding, m, r, points, relu,
+                             winograd_relu, d)
