@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _checks, dispatch, functional, reference
+from . import _checks, dispatch, dwm, functional, reference
 from .packing import PackedWinogradWeight, check_kernel_block, pack_winograd_weight, packed_from_arrays
 from .tables import format_cell, markdown_table
 from .transforms import normalize_points, spatial_from_winograd
@@ -34,7 +34,9 @@ _ARRAYS = ("packed_values", "packed_indices", "packed_offsets")
 
 
 class SparseWinogradConv2d(torch.nn.Module):
-    """A r×r stride-1 convolution run as a (sparse) Winograd convolution.
+    """A r×r stride-1 convolution run as a (sparse) Winograd convolution — or, when the packed weight
+    has a ``decomposition``, a k×k stride-1/2 one run by the decomposable Winograd method
+    (``tritonwino.dwm``), or Liu et al.'s Winograd-ReLU layer with ``winograd_relu=True``.
 
     Inference module: the packed weight is frozen (buffers). A forward that needs gradients (input
     with ``requires_grad`` under grad mode) runs the differentiable pure-torch path, so gradients
@@ -47,6 +49,7 @@ class SparseWinogradConv2d(torch.nn.Module):
         padding: int or (ph, pw).
         backend: ``"auto"`` (measured dispatch among conv2d / dense / sparse Winograd, see
             ``tritonwino.dispatch``), ``"torch"`` or ``"triton"`` (always the sparse path of that backend).
+        winograd_relu: compute ``Aᵀ[Q ⊙ ReLU(Bᵀ X B)]A`` (a Winograd-ReLU layer: no conv2d path).
 
     Example:
         >>> conv = torch.nn.Conv2d(8, 16, 3, padding=1)
@@ -61,7 +64,7 @@ class SparseWinogradConv2d(torch.nn.Module):
     packed_offsets: torch.Tensor
 
     def __init__(self, packed: PackedWinogradWeight, bias: torch.Tensor | None, padding: int | tuple[int, int],
-                 backend: str = "auto"):
+                 backend: str = "auto", winograd_relu: bool = False):
         super().__init__()
         if not isinstance(packed, PackedWinogradWeight):
             raise TypeError(f"packed must be a PackedWinogradWeight, got {type(packed).__name__}")
@@ -70,8 +73,11 @@ class SparseWinogradConv2d(torch.nn.Module):
         _checks.check_bias(bias, packed.K)
         self.padding = _checks.check_padding(padding)
         self.backend = backend
-        self.in_channels, self.out_channels = packed.C, packed.K
+        self.in_channels, self.out_channels = packed.in_channels, packed.K
         self.m, self.r = packed.m, packed.r
+        # a decomposed conv (tritonwino.dwm): its GEMM reads C·pieces virtual channels of r×r pieces
+        self.decomposition, self.winograd_relu = packed.decomposition, bool(winograd_relu)
+        self.kernel_size, self.stride, self._channels = packed.kernel_size, packed.stride, packed.C
         self.block, self.group_k, self.points = tuple(packed.block), packed.group_k, tuple(packed.points)
         self.register_buffer("packed_values", packed.values)
         self.register_buffer("packed_indices", packed.indices)
@@ -87,25 +93,30 @@ class SparseWinogradConv2d(torch.nn.Module):
     @classmethod
     def from_conv2d(cls, conv: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
                     backend: str = "auto", points: Sequence[object] | None = None,
-                    q: torch.Tensor | None = None) -> SparseWinogradConv2d:
+                    q: torch.Tensor | None = None, decompose: bool | None = None) -> SparseWinogradConv2d:
         """Build from a (pruned) ``nn.Conv2d``: Q = G W Gᵀ in float64 (W times the conv's
         ``spatial_mask`` if spatial pruning attached one), its exact zeros are the sparsity. Pass ``q``
         to use a Winograd-domain weight directly. A ``tritonwino.pruning.WinogradConv2d`` is taken as
-        well (its own tile, points and mask; ``m``/``points`` are then ignored)."""
+        well (its own tile, points and mask; ``m``/``points`` are then ignored). Stride 2 and kernels
+        larger than 3×3 are decomposed into ≤3×3 pieces (``tritonwino.dwm.plan``; ``decompose``
+        overrides), Q then being the pieces' (K, C·pieces, n, n) weight."""
         if _packs_itself(conv):
             return cls.from_winograd_conv2d(conv, block, backend)
         reason = ineligible_reason(conv)
         if reason:
             raise ValueError(f"cannot convert {conv}: {reason}")
-        r = conv.kernel_size[0]
+        k, s = conv.kernel_size[0], conv.stride[0]
+        d = dwm.plan(k, s, decompose)
+        r = k if d is None else d.r
         pts = normalize_points(m, r, points)
         if q is None:
             w = conv.weight.detach()
             mask = getattr(conv, "spatial_mask", None)
             if isinstance(mask, torch.Tensor):
                 w = w * mask.to(w.dtype)
-            q = reference.winograd_weight(w, m, pts)
-        packed = pack_winograd_weight(q, block, r=r, points=pts, dtype=torch.float32)
+            q = reference.winograd_weight(w if d is None else dwm.expand_weight(w, d), m, pts)
+        packed = pack_winograd_weight(q, block, r=r, points=pts, dtype=torch.float32,
+                                      decomposition=None if d is None else (k, s))
         return cls(packed, conv.bias, tuple(conv.padding), backend)
 
     @classmethod
@@ -117,18 +128,21 @@ class SparseWinogradConv2d(torch.nn.Module):
         if not _packs_itself(layer):
             raise TypeError(f"expected a layer with a to_packed(block) method (e.g. tritonwino.pruning."
                             f"WinogradConv2d), got {type(layer).__name__}")
-        return cls(layer.to_packed(block), layer.bias, layer.padding, backend)
+        return cls(layer.to_packed(block), layer.bias, layer.padding, backend,
+                   winograd_relu=bool(getattr(layer, "winograd_relu", False)))
 
     # ---- the packed weight and its derived forms ----------------------------------------------
     @property
     def packed(self) -> PackedWinogradWeight:
         """The packed weight over this module's buffers (validated once per buffer version)."""
         return packed_from_arrays(self.packed_values, self.packed_indices, self.packed_offsets, self.m, self.r,
-                                      self.out_channels, self.in_channels, self.block, self.group_k, self.points)
+                                  self.out_channels, self._channels, self.block, self.group_k, self.points,
+                                  self.decomposition)
 
     def _packed_view(self) -> PackedWinogradWeight:
         return PackedWinogradWeight(self.packed_values, self.packed_indices, self.packed_offsets, self.m, self.r,
-                                    self.out_channels, self.in_channels, self.block, self.group_k, self.points)
+                                    self.out_channels, self._channels, self.block, self.group_k, self.points,
+                                    self.decomposition)
 
     def _token(self) -> tuple:
         v = self.packed_values
@@ -136,15 +150,21 @@ class SparseWinogradConv2d(torch.nn.Module):
 
     @torch.inference_mode(False)  # cached for later forwards, which autograd may record
     def spatial_weight(self) -> torch.Tensor | None:
-        """The spatial weight W (K, C, r, r) with G W Gᵀ = Q, or None when Q has none.
+        """The spatial weight W (K, C, k, k) with G W Gᵀ = Q, or None when Q has none.
 
         W = G⁺ Q G⁺ᵀ in float64; Q has an exact spatial weight iff the residual is at rounding level
         (a spatially pruned layer). Winograd-domain pruning leaves Q outside that range, and then
-        conv2d would compute a different function, so it is not offered."""
+        conv2d would compute a different function, so it is not offered; nor for a Winograd-ReLU
+        layer. A decomposed layer's pieces fold back into the k×k kernel (their zero padding must
+        have stayed zero)."""
+        if self.winograd_relu:
+            return None
         token = self._token()
         if self._exact is None or self._exact[0] != token or (self._exact[1] and self._w_spatial is None):
             tol = 64 * torch.finfo(self.packed_values.dtype).eps
             w = spatial_from_winograd(self.packed.unpack(), self.m, self.r, self.points, rel_tol=tol)
+            if w is not None and self.decomposition is not None:
+                w = dwm.fold_weight(w, dwm.decomposition(*self.decomposition), rel_tol=tol)
             self._w_spatial = None if w is None else w.to(self.packed_values.dtype)
             self._exact = (token, w is not None)
         return self._w_spatial if self._exact[1] else None
@@ -155,12 +175,12 @@ class SparseWinogradConv2d(torch.nn.Module):
         if self._q_pck is None or self._q_pck.device != self.packed_values.device:
             q = self.packed.unpack()
             n = self.m + self.r - 1
-            self._q_pck = q.permute(2, 3, 1, 0).reshape(n * n, self.in_channels, self.out_channels).contiguous()
+            self._q_pck = q.permute(2, 3, 1, 0).reshape(n * n, self._channels, self.out_channels).contiguous()
         return self._q_pck
 
     def winograd_sparsity(self) -> float:
         """Fraction of exact zeros in Q (K, C, n, n): the paper's metric."""
-        total = self.out_channels * self.in_channels * (self.m + self.r - 1) ** 2
+        total = self.out_channels * self._channels * (self.m + self.r - 1) ** 2
         return 1.0 - int(torch.count_nonzero(self.packed_values)) / total if total else 0.0
 
     # ---- dispatch ---------------------------------------------------------------------------
@@ -202,7 +222,7 @@ class SparseWinogradConv2d(torch.nn.Module):
         _checks.check_same_device(x=x, weight=self.packed_values)
         x = _autocast_input(x)
         if x.shape[0] == 0:
-            ho, wo = _checks.output_size(x.shape[2], x.shape[3], self.r, self.padding)
+            ho, wo = _checks.conv_output_size(x.shape[2], x.shape[3], self.r, self.padding, self._packed_view().dwm)
             return _checks.empty_output(x, self.out_channels, ho, wo)
         path, backend = self._route(x)
         return self.run_path(x, path, backend)
@@ -214,29 +234,36 @@ class SparseWinogradConv2d(torch.nn.Module):
             w = self._w_spatial if self._w_spatial is not None else self.spatial_weight()
             if w is None:
                 raise ValueError("this layer's Q has no exact spatial weight, so conv2d cannot run it")
-            return F.conv2d(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype), padding=self.padding)
+            return F.conv2d(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype), stride=self.stride,
+                            padding=self.padding)
         if path == "dense":
             q_pck = self._q_pck if self._q_pck is not None else self.dense_weight()
-            return functional.winograd_conv2d_pck(x, q_pck, bias, self.padding, self.m, self.r, self.points, backend)
+            return functional.winograd_conv2d_pck(x, q_pck, bias, self.padding, self.m, self.r, self.points, backend,
+                                                  winograd_relu=self.winograd_relu, decomposition=self.decomposition)
         if path == "sparse":
             # While tracing, validation (data-dependent) must stay inside the op: pass a plain view.
             packed = self._packed_view() if torch.compiler.is_compiling() else self.packed
-            return functional.sparse_winograd_conv2d(x, packed, bias, self.padding, backend)
+            return functional.sparse_winograd_conv2d(x, packed, bias, self.padding, backend,
+                                                     winograd_relu=self.winograd_relu)
         raise ValueError(f"path must be 'conv2d', 'dense' or 'sparse', got {path!r}")
 
     # ---- state_dict -------------------------------------------------------------------------
     def get_extra_state(self) -> dict:
         return {"format": STATE_FORMAT, "m": self.m, "r": self.r, "K": self.out_channels, "C": self.in_channels,
                 "block": list(self.block), "group_k": self.group_k, "points": list(self.points),
-                "padding": list(self.padding), "bias": self.bias is not None}
+                "padding": list(self.padding), "bias": self.bias is not None,
+                "decomposition": None if self.decomposition is None else list(self.decomposition),
+                "winograd_relu": self.winograd_relu}
 
     def _check_meta(self, meta: object, where: str) -> None:
         if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
             raise ValueError(f"{where}: state_dict metadata is missing or of an unknown format: {meta!r}")
         mine = self.get_extra_state()
         for key, what in (("m", "tile m"), ("r", "kernel size"), ("points", "interpolation points"),
-                          ("K", "out_channels"), ("C", "in_channels"), ("padding", "padding"), ("bias", "bias")):
-            theirs, ours = meta.get(key), mine[key]
+                          ("K", "out_channels"), ("C", "in_channels"), ("padding", "padding"), ("bias", "bias"),
+                          ("decomposition", "decomposition (kernel, stride)"), ("winograd_relu", "winograd_relu")):
+            # files written before the decomposition / Winograd-ReLU existed hold neither
+            theirs, ours = meta.get(key, {"decomposition": None, "winograd_relu": False}.get(key)), mine[key]
             if isinstance(ours, list) and isinstance(theirs, list | tuple):
                 theirs = list(theirs)
             if theirs != ours:
@@ -265,8 +292,9 @@ class SparseWinogradConv2d(torch.nn.Module):
             for t, k in zip((vals, idx, off), names, strict=True):
                 if not isinstance(t, torch.Tensor):
                     raise ValueError(f"{where}: {k} must be a tensor, got {type(t).__name__}")
-            candidate = PackedWinogradWeight(vals, idx, off, self.m, self.r, self.out_channels, self.in_channels,
-                                             tuple(meta["block"]), int(meta["group_k"]), self.points)
+            candidate = PackedWinogradWeight(vals, idx, off, self.m, self.r, self.out_channels, self._channels,
+                                             tuple(meta["block"]), int(meta["group_k"]), self.points,
+                                             self.decomposition)
             try:
                 candidate.validate()  # tampered or truncated arrays fail here, before any forward
             except ValueError as e:
@@ -295,9 +323,13 @@ class SparseWinogradConv2d(torch.nn.Module):
             chosen = "backend=auto: " + ", ".join(sorted({d.label() for d in self._choices.values()}))
         else:
             chosen = "backend=auto (decided on first use)"
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.r}, padding={self.padding}, "
+        shape = f"kernel_size={self.r}"
+        if self.decomposition is not None:
+            shape = (f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                     f"decomposed into {self._channels // self.in_channels} pieces of {self.r}x{self.r}")
+        return (f"{self.in_channels}, {self.out_channels}, {shape}, padding={self.padding}, "
                 f"tile=F({self.m},{self.r}), block={self.block}, winograd_sparsity={self.winograd_sparsity():.1%}, "
-                f"{chosen}")
+                f"{'winograd_relu=True, ' if self.winograd_relu else ''}{chosen}")
 
 
 def _packs_itself(mod: object) -> bool:
@@ -326,14 +358,31 @@ def ineligible_reason(conv: torch.nn.Module) -> str | None:
     return _checks.conv_ineligible_reason(conv)
 
 
+def _tile_reason(conv: torch.nn.Module, m: int, points: Sequence[object] | None,
+                 decompose: bool | None) -> str | None:
+    """Why an eligible ``nn.Conv2d`` cannot run with these convert options (None if it can)."""
+    if not isinstance(conv, torch.nn.Conv2d):
+        return None
+    k, s = conv.kernel_size[0], conv.stride[0]
+    if decompose is False and s != 1:
+        return f"stride {tuple(conv.stride)} needs the decomposable Winograd method (decompose=False)"
+    d = dwm.plan(k, s, decompose)
+    r = k if d is None else d.r
+    if points is not None and len(points) != m + r - 2:
+        return f"the given {len(points)} points do not fit this layer's F({m},{r}) tile"
+    return None
+
+
 def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
             filter_fn: Callable[[torch.nn.Module, str], bool] | None = None,
-            backend: str = "auto", points: Sequence[object] | None = None) -> torch.nn.Module:
+            backend: str = "auto", points: Sequence[object] | None = None,
+            decompose: bool | None = None) -> torch.nn.Module:
     """Swap every eligible conv of ``model`` (in place) for a ``SparseWinogradConv2d``.
 
-    Eligible: ``nn.Conv2d`` with an odd square kernel > 1, stride 1, dilation 1, groups 1, zero
-    padding; and layers that pack themselves (pruned ``tritonwino.pruning.WinogradConv2d``, which
-    keep their own tile). Works on nested modules and ``nn.Sequential``; if ``model`` itself is
+    Eligible: ``nn.Conv2d`` with a square kernel > 1, stride 1 or 2, dilation 1, groups 1, zero
+    padding (stride 2 and kernels larger than 3×3, e.g. a ResNet's 7×7/2 stem, run by the
+    decomposable Winograd method, ``tritonwino.dwm``); and layers that pack themselves (pruned
+    ``tritonwino.pruning.WinogradConv2d`` / ``WinogradReLUConv2d``, which keep their own tile). Works on nested modules and ``nn.Sequential``; if ``model`` itself is
     eligible the new layer is returned. The swaps and skips are recorded in
     ``model.tritonwino_conversion`` as (name, "swapped" | reason) pairs and summarised in one INFO
     line on the ``tritonwino`` logger.
@@ -344,7 +393,10 @@ def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
         block: packing granularity (see ``pack_winograd_weight``).
         filter_fn: ``filter_fn(module, fqn) -> bool`` (as in torchao) restricts which are swapped.
         backend: ``"auto"`` (measured dispatch), ``"torch"`` or ``"triton"`` for every swapped layer.
-        points: interpolation points for spatial convolutions (default: the standard set).
+        points: interpolation points for spatial convolutions (default: the standard set); layers
+            whose tile they do not fit (e.g. the F(m, 2) pieces of a 3×3 stride-2 conv) are left alone.
+        decompose: ``None`` (auto, ``tritonwino.dwm.plan``), ``True`` or ``False`` (stride-1 kernels as
+            one F(m, k) tile; stride-2 convs are then left alone).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
@@ -364,14 +416,14 @@ def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
     for name, mod in list(model.named_modules()):
         if not (isinstance(mod, torch.nn.Conv2d | SparseWinogradConv2d) or _packs_itself(mod)):
             continue
-        reason = ineligible_reason(mod)
+        reason = ineligible_reason(mod) or _tile_reason(mod, m, points, decompose)
         if reason is None and filter_fn is not None and not filter_fn(mod, name):
             reason = "excluded by filter_fn"
         if reason:
             log.append((name, reason))
             continue
         dev = next(iter(mod.parameters()), torch.empty(0)).device
-        new = SparseWinogradConv2d.from_conv2d(mod, m, block, backend, points).to(dev)
+        new = SparseWinogradConv2d.from_conv2d(mod, m, block, backend, points, decompose=decompose).to(dev)
         if name == "":
             replaced_root = new
         else:
