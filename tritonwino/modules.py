@@ -382,8 +382,9 @@ def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
     Eligible: ``nn.Conv2d`` with a square kernel > 1, stride 1 or 2, dilation 1, groups 1, zero
     padding (stride 2 and kernels larger than 3×3, e.g. a ResNet's 7×7/2 stem, run by the
     decomposable Winograd method, ``tritonwino.dwm``); and layers that pack themselves (pruned
-    ``tritonwino.pruning.WinogradConv2d`` / ``WinogradReLUConv2d``, which keep their own tile). Works on nested modules and ``nn.Sequential``; if ``model`` itself is
-    eligible the new layer is returned. The swaps and skips are recorded in
+    ``tritonwino.pruning.WinogradConv2d`` / ``WinogradReLUConv2d``, which keep their own tile).
+    Works on nested modules and ``nn.Sequential``; if ``model`` itself is eligible the new layer is
+    returned. The swaps and skips are recorded in
     ``model.tritonwino_conversion`` as (name, "swapped" | reason) pairs and summarised in one INFO
     line on the ``tritonwino`` logger.
 

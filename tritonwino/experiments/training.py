@@ -44,6 +44,15 @@ class Batches:
         self._perm: torch.Tensor | None = None
         self._pos = 0
 
+    def state(self) -> dict:
+        """Where the stream is (generator state, current permutation and position): with
+        :meth:`set_state` a resumed experiment continues the same stream."""
+        return {"generator": self.generator.get_state(), "perm": self._perm, "pos": self._pos}
+
+    def set_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._perm, self._pos = state["perm"], int(state["pos"])
+
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._perm is None or self._pos + self.batch_size > len(self.y):
             self._perm, self._pos = torch.randperm(len(self.y), generator=self.generator), 0

@@ -15,7 +15,16 @@ from .helpers import (
     position_support,
     winograd_weight,
 )
-from .layers import WinogradConv2d, WinogradWeight, convert_to_winograd, eligible_convs, winograd_sparsity
+from .layers import (
+    WinogradConv2d,
+    WinogradReLUConv2d,
+    WinogradWeight,
+    conv_winograd_weight,
+    convert_to_winograd,
+    convert_to_winograd_relu,
+    eligible_convs,
+    winograd_sparsity,
+)
 from .masks import (
     prune_spatial_magnitude,
     prune_spatial_structured,
@@ -33,7 +42,7 @@ from .pruners import (
     load_pruned_state_dict,
     model_winograd_sparsity,
 )
-from .schedule import check_schedule, cubic_schedule, linear_schedule, run_schedule
+from .schedule import LIU_DENSITIES, check_schedule, cubic_schedule, linear_schedule, liu_schedule, run_schedule
 from .sensitivity import format_table, sensitivity_scan
 
 __all__ = [
@@ -44,8 +53,11 @@ __all__ = [
     "position_support",
     "check_block",
     "WinogradConv2d",
+    "WinogradReLUConv2d",
     "WinogradWeight",
+    "conv_winograd_weight",
     "convert_to_winograd",
+    "convert_to_winograd_relu",
     "eligible_convs",
     "spatial_group_importance",
     "spatial_structured_mask",
@@ -62,6 +74,8 @@ __all__ = [
     "load_pruned_state_dict",
     "cubic_schedule",
     "linear_schedule",
+    "liu_schedule",
+    "LIU_DENSITIES",
     "check_schedule",
     "run_schedule",
     "sensitivity_scan",

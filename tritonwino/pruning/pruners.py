@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .. import dwm
 from ..transforms import normalize_points
 from .helpers import (
     check_block,
@@ -29,7 +30,7 @@ from .helpers import (
     li_importance,
     winograd_weight,
 )
-from .layers import WinogradConv2d, WinogradWeight, eligible_convs
+from .layers import WinogradConv2d, WinogradWeight, conv_winograd_weight, eligible_convs
 from .masks import (
     prune_spatial_magnitude,
     prune_spatial_structured,
@@ -152,8 +153,13 @@ class SpatialPruner(_Pruner):
     """Step 1: spatial structured pruning (``method="structured"``) or the spatial unstructured
     magnitude baseline (``method="magnitude"``; its target is a **spatial** sparsity).
 
+    A stride-2 or larger-than-3×3 conv is pruned per piece of its decomposition (``tritonwino.dwm``):
+    step 1 runs on the pieces' (K, C·pieces, r, r) weight with the groups and supports of the piece
+    tile F(m, r_piece), and the mask folds back onto the k×k kernel (each weight is in one piece).
+
     Args:
-        model: the network (or its DDP wrapper); eligible layers are r×r stride-1 ``nn.Conv2d``.
+        model: the network (or its DDP wrapper); eligible layers are r×r ``nn.Conv2d`` (stride 1 or 2;
+            ``r=None``: every eligible kernel size).
         m, points: the Winograd tile the sparsity is measured (and the groups defined) for.
         block: granularity (1, 1) element (paper), (bk, 1) vector, (bk, bc) block.
         layers: names (or a ``filter(name, module)``) of layers to prune; default all eligible.
@@ -170,7 +176,7 @@ class SpatialPruner(_Pruner):
         model: nn.Module,
         m: int = 4,
         points: Sequence[object] | None = None,
-        r: int = 3,
+        r: int | None = 3,
         method: str = "structured",
         block=(1, 1),
         layers=None,
@@ -183,7 +189,8 @@ class SpatialPruner(_Pruner):
         if method not in ("structured", "magnitude"):
             raise ValueError(f"method must be 'structured' or 'magnitude', got {method!r}")
         self.m, self.r, self.points, self.method = m, r, points, method
-        winograd_weight(torch.zeros(1, 1, r, r), m, points)  # validates (m, r, points)
+        if r is not None:
+            winograd_weight(torch.zeros(1, 1, r, r), m, points)  # validates (m, r, points)
         super().__init__(model, layers, keep_dense, overrides, block, tol, max_iter, sync)
         if method == "magnitude" and self.block != (1, 1):
             raise ValueError("the spatial magnitude baseline is element-wise; use block=(1, 1)")
@@ -197,8 +204,16 @@ class SpatialPruner(_Pruner):
     def _layer_mask(self, mod, t):
         if self.method == "magnitude":
             return prune_spatial_magnitude(mod.weight, t, mod.spatial_mask)
-        return prune_spatial_structured(mod.weight, t, self.m, self.points, self.block,
-                                        mod.spatial_mask, self.tol, self.max_iter)
+        d = dwm.plan(mod.kernel_size[0], mod.stride[0])
+        if d is None:
+            return prune_spatial_structured(mod.weight, t, self.m, self.points, self.block,
+                                            mod.spatial_mask, self.tol, self.max_iter)
+        # per piece: the pieces' zero padding is pruned from the start (it is zero), so it counts
+        # like any other zero of Q; the mask folds back onto the k×k kernel
+        mask, tau, achieved = prune_spatial_structured(
+            dwm.expand_weight(mod.weight.detach(), d), t, self.m, self.points, self.block,
+            dwm.expand_weight(mod.spatial_mask, d), self.tol, self.max_iter)
+        return dwm.fold_weight(mask, d), tau, achieved
 
     def _set_mask(self, mod, mask):
         mod.spatial_mask.copy_(mask)
@@ -302,10 +317,7 @@ def _layer_q(mod: nn.Module, m: int, points) -> torch.Tensor:
         if mod.m != m and m is not None:
             raise ValueError(f"layer is F({mod.m},{mod.r}) but m={m} was asked for")
         return mod.q.detach()
-    w = mod.weight.detach()
-    if hasattr(mod, "spatial_mask"):
-        w = w * mod.spatial_mask.to(w.dtype)
-    return winograd_weight(w, m, points)
+    return conv_winograd_weight(mod, m, points)
 
 
 def model_winograd_sparsity(
@@ -363,8 +375,8 @@ def export_masks(
 
     ``domain="spatial"``: (K, C, r, r) for spatially pruned convs (a ``WinogradConv2d`` has no
     spatial form and raises). ``domain="winograd"``: (K, C, n, n) — a spatial mask is mapped to the
-    Winograd entries it makes structurally zero (tile ``m``/``points``); a ``WinogradConv2d`` gives
-    its own mask.
+    Winograd entries it makes structurally zero (tile ``m``/``points``; (K, C·pieces, n, n) over the
+    pieces of a decomposed conv); a ``WinogradConv2d`` gives its own mask.
     """
     if domain not in ("spatial", "winograd"):
         raise ValueError(f"domain must be 'spatial' or 'winograd', got {domain!r}")
@@ -381,7 +393,11 @@ def export_masks(
             out[name] = mod.mask.clone()
         else:
             sm = mod.spatial_mask if hasattr(mod, "spatial_mask") else torch.ones_like(mod.weight, dtype=torch.bool)
-            out[name] = sm.clone() if domain == "spatial" else winograd_mask_from_spatial(sm, m, points)
+            d = dwm.plan(mod.kernel_size[0], mod.stride[0])
+            if domain == "spatial":
+                out[name] = sm.clone()
+            else:
+                out[name] = winograd_mask_from_spatial(sm if d is None else dwm.expand_weight(sm, d), m, points)
     return out
 
 
@@ -408,10 +424,12 @@ def finalize(
         elif isinstance(mod, nn.Conv2d):
             if hasattr(mod, "spatial_mask"):
                 mod.weight.mul_(mod.spatial_mask.to(mod.weight.dtype))
-            r = mod.weight.shape[-1]
-            q = winograd_weight(mod.weight, m, points).to(mod.weight.dtype)
+            d = dwm.plan(mod.kernel_size[0], mod.stride[0])
+            r = mod.weight.shape[-1] if d is None else d.r
+            q = conv_winograd_weight(mod, m, points).to(mod.weight.dtype)
             b = None if mod.bias is None else mod.bias.detach().clone()
-            out[name] = WinogradWeight(q, m, r, normalize_points(m, r, points), b, tuple(mod.padding))
+            out[name] = WinogradWeight(q, m, r, normalize_points(m, r, points), b, tuple(mod.padding),
+                                       None if d is None else (d.kernel, d.stride))
         else:
             raise ValueError(f"layer {name!r} is a {type(mod).__name__}, not a conv layer")
     return out
@@ -421,8 +439,10 @@ def load_pruned_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     """Load a pruned model's ``state_dict`` into a freshly built model.
 
     Adds the ``spatial_mask`` buffers a spatially pruned model carries, and swaps ``nn.Conv2d``
-    layers that were ``WinogradConv2d`` when saved (their tile and points come from the saved
-    extra state). Then calls ``model.load_state_dict(state_dict, strict)``.
+    layers that were ``WinogradConv2d`` when saved (their tile, points and decomposition come from
+    the saved extra state). Then calls ``model.load_state_dict(state_dict, strict)``. A model with
+    Winograd-ReLU layers must be rewritten first (``convert_to_winograd_relu``): which ReLU moved is
+    not in the file.
     """
     model = _unwrap(model)
     mods = dict(model.named_modules())
@@ -436,6 +456,10 @@ def load_pruned_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tens
             name = key[: -len("._extra_state")]
             mod = mods.get(name)
             if isinstance(mod, nn.Conv2d):
-                layer = WinogradConv2d.from_conv2d(mod, m=val["m"], points=val["points"])
+                if val.get("winograd_relu"):
+                    raise ValueError(f"layer {name!r} was saved as a WinogradReLUConv2d: apply "
+                                     "convert_to_winograd_relu to the model before loading")
+                layer = WinogradConv2d.from_conv2d(mod, m=val["m"], points=val["points"],
+                                                   decompose=val.get("decomposition") is not None)
                 model.set_submodule(name, layer)
     return model.load_state_dict(state_dict, strict=strict)

@@ -12,7 +12,11 @@ from collections.abc import Callable, Sequence
 
 from .helpers import check_target
 
-__all__ = ["cubic_schedule", "linear_schedule", "check_schedule", "run_schedule"]
+__all__ = ["LIU_DENSITIES", "cubic_schedule", "linear_schedule", "liu_schedule", "check_schedule", "run_schedule"]
+
+# Liu et al.'s iterative density steps [code, xingyul/sparse-winograd-cnn prune_script.py: "0.7 -> 0.6 ->
+# 0.5 -> 0.4 -> 0.35 -> ... -> 0.12 -> 0.1"; the elided middle steps 0.3 ... 0.15 are ours].
+LIU_DENSITIES = (0.7, 0.6, 0.5, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1)
 
 
 def cubic_schedule(initial: float, final: float, stages: int) -> list[float]:
@@ -25,6 +29,21 @@ def cubic_schedule(initial: float, final: float, stages: int) -> list[float]:
     if stages == 1:
         return [final]
     return [final + (initial - final) * (1 - t / (stages - 1)) ** 3 for t in range(stages)]
+
+
+def liu_schedule(final_density: float = 0.1) -> list[float]:
+    """Liu et al.'s schedule as sparsity targets (``1 − density``) down to ``final_density``: each
+    stage prunes the layer's smallest-|Q| entries (``WinogradPruner(method="liu")``, the new mask
+    computed on ``Q ⊙ previous mask``) and retrains with the mask fixed.
+
+    Example:
+        >>> liu_schedule(0.4)
+        [0.3, 0.4, 0.5, 0.6]
+    """
+    if isinstance(final_density, bool) or not isinstance(final_density, int | float) or not 0.0 < final_density <= 1.0:
+        raise ValueError(f"final_density must be a number in (0, 1], got {final_density!r}")
+    out = [round(1.0 - d, 10) for d in LIU_DENSITIES if d > final_density + 1e-12]
+    return out + [round(1.0 - final_density, 10)]
 
 
 def linear_schedule(initial: float, final: float, stages: int) -> list[float]:
