@@ -153,7 +153,7 @@ def test_static_rule_when_measurement_off():
 
 
 def test_explain_table_lists_every_conv_with_reason_choice_and_times():
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2),
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=3),
                           nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 8, 1))
     SpatialPruner(model, m=4, block=(16, 1), keep_dense=None, tol=1e-3, max_iter=25).prune(0.7)
     convert(model)
@@ -168,4 +168,4 @@ def test_explain_table_lists_every_conv_with_reason_choice_and_times():
     assert set(rows["3"]["times_ms"]) == {"conv2d", "dense", "sparse"}
     assert "7x7" in rows["3"]["input"]
     text = str(table)
-    assert text.startswith("| layer | type |") and "stride (2, 2)" in text and "measured" in text
+    assert text.startswith("| layer | type |") and "stride (3, 3)" in text and "measured" in text

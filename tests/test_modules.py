@@ -97,7 +97,7 @@ class _Nested(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                                  nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2)))
+                                  nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=3)))
         self.head = nn.Conv2d(8, 4, 1)
         self.dil = nn.Conv2d(4, 4, 3, dilation=2, padding=2)
 

@@ -90,7 +90,7 @@ def test_winograd_conv2d_bad_args():
     with pytest.raises(TypeError):
         WinogradConv2d.from_conv2d(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="stride"):
-        WinogradConv2d.from_conv2d(nn.Conv2d(2, 2, 3, stride=2))
+        WinogradConv2d.from_conv2d(nn.Conv2d(2, 2, 3, stride=3))
     with pytest.raises(ValueError):
         WinogradConv2d.from_q(torch.randn(2, 2, 5, 5), m=4, r=3)
 
