@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -90,9 +89,9 @@ def _check_kernel_stride(kernel: object, stride: object) -> tuple[int, int]:
     return int(kernel), int(stride)
 
 
-@functools.lru_cache(maxsize=64)
 def decomposition(kernel: int, stride: int) -> Decomposition:
-    """The pieces of a ``kernel``×``kernel`` convolution with ``stride`` (1 or 2).
+    """The pieces of a ``kernel``×``kernel`` convolution with ``stride`` (1 or 2). Not cached: it is
+    a few integer steps, and torch.compile traces through it (it warns about cached functions).
 
     Example:
         >>> decomposition(7, 2).blocks  # phase 0: taps 0,2 | 4,6; phase 1: taps 1,3,5
