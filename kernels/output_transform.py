@@ -95,7 +95,8 @@ def output_transform(
 
 def compile_specs() -> list[CompileSpec]:
     specs = []
-    for (m, n) in ((2, 4), (4, 6), (6, 8)):
+    # F(m, 3), and F(m, 2): the pieces of 3x3 stride-2 convolutions (tritonwino.dwm)
+    for (m, n) in ((2, 4), (4, 6), (6, 8), (2, 3), (4, 5), (6, 7)):
         for out_dt in (torch.float32, torch.float16, torch.bfloat16):
             for has_bias, relu in ((True, False), (False, True)):
                 sig = {
