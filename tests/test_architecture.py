@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Rooms built on top of the library: the core must never import them.
 TOP_ROOMS = ("tritonwino.cli", "tritonwino.experiments", "tritonwino.pruning")
 # The core: what `import tritonwino.sparse_conv` may pull in.
-CORE = ("tritonwino.kernels", "tritonwino._checks", "tritonwino._triton_path", "tritonwino.dispatch",
+CORE = ("tritonwino.kernels", "tritonwino._checks", "tritonwino._triton_path", "tritonwino.dispatch", "tritonwino.dwm",
         "tritonwino.env", "tritonwino.functional", "tritonwino.modules", "tritonwino.ops", "tritonwino.packing",
         "tritonwino.reference", "tritonwino.sparse_conv", "tritonwino.tables", "tritonwino.transforms",
         "tritonwino.tuning")

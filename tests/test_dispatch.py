@@ -166,6 +166,6 @@ def test_explain_table_lists_every_conv_with_reason_choice_and_times():
     assert rows["3"]["eligible"] == "converted" and rows["3"]["winograd_sparsity"] > 0.6
     assert rows["3"]["chosen"] in ("conv2d", "dense-winograd/torch", "sparse-winograd/torch")
     assert set(rows["3"]["times_ms"]) == {"conv2d", "dense", "sparse"}
-    assert "7x7" in rows["3"]["input"]
+    assert "5x5" in rows["3"]["input"]  # 16x16 through the stride-3 conv
     text = str(table)
     assert text.startswith("| layer | type |") and "stride (3, 3)" in text and "measured" in text

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import _checks, reference
+from .. import _checks, dwm, reference
 from ..modules import SparseWinogradConv2d, ineligible_reason
 from ..packing import PackedWinogradWeight, pack_winograd_weight
 from ..testing import random_pruned_q
@@ -30,6 +30,7 @@ __all__ = [
     "layers_from_model",
     "layers_from_shapes",
     "load_model",
+    "tunable",
 ]
 
 ARCHS = ("resnet18", "vgg16", "small-vgg")
@@ -80,6 +81,16 @@ def eligible_conv_names(model: nn.Module) -> list[str]:
     return [n for n, mod in model.named_modules() if isinstance(mod, nn.Conv2d) and ineligible_reason(mod) is None]
 
 
+def tunable(mod: nn.Module) -> bool:
+    """Whether the GEMM tuner handles this layer as it is: a plain F(m, r) convolution. Decomposed
+    layers (stride 2, kernels > 3: ``tritonwino.dwm``) are converted and run, but not tuned here yet:
+    their GEMM reads C·pieces virtual channels through an offset-table input transform."""
+    if isinstance(mod, SparseWinogradConv2d):
+        return mod.decomposition is None
+    return (isinstance(mod, nn.Conv2d) and ineligible_reason(mod) is None
+            and dwm.plan(mod.kernel_size[0], mod.stride[0]) is None)
+
+
 def input_shapes(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, tuple]:
     """Input shape of each named module, from one forward pass of ``x`` (no gradients).
 
@@ -119,8 +130,7 @@ def layers_from_arch(arch: str, size: int, sparsity: float, block: tuple[int, in
     """The eligible layers of a built-in architecture at ``size``×``size`` input, each with a random
     Winograd-domain mask of ``sparsity`` at granularity ``block``."""
     model = build_arch(arch)
-    convs = {n: mod for n, mod in model.named_modules()
-             if isinstance(mod, nn.Conv2d) and ineligible_reason(mod) is None}
+    convs = {n: mod for n, mod in model.named_modules() if isinstance(mod, nn.Conv2d) and tunable(mod)}
     shapes = input_shapes(model, list(convs), torch.zeros(1, ARCH_INPUT[arch][1], size, size))
     layers = []
     for name, conv in convs.items():
@@ -153,16 +163,15 @@ def layers_from_model(path: str | Path, size: int, block: tuple[int, int], m: in
     """Layers of a saved model and a note on where their sparsity came from: its
     ``SparseWinogradConv2d`` layers, or else its eligible ``nn.Conv2d`` layers packed at F(m, r)."""
     model = load_model(path)
-    sparse = {n: mod for n, mod in model.named_modules() if isinstance(mod, SparseWinogradConv2d)}
+    sparse = {n: mod for n, mod in model.named_modules() if isinstance(mod, SparseWinogradConv2d) and tunable(mod)}
     if sparse:
         note = f"{len(sparse)} SparseWinogradConv2d layers (their packed weights)"
         targets: dict[str, nn.Module] = sparse
     else:
-        targets = {n: mod for n, mod in model.named_modules()
-                   if isinstance(mod, nn.Conv2d) and ineligible_reason(mod) is None}
+        targets = {n: mod for n, mod in model.named_modules() if isinstance(mod, nn.Conv2d) and tunable(mod)}
         if not targets:
             raise ValueError(f"{path} has no SparseWinogradConv2d and no eligible Conv2d layer "
-                             "(odd square kernel > 1, stride 1, dilation 1, groups 1)")
+                             "(3x3 stride-1 kernel, dilation 1, groups 1; decomposed layers are not tuned)")
         note = (f"no SparseWinogradConv2d layers: {len(targets)} eligible Conv2d layers packed at "
                 f"F({m},3) block {block[0]}x{block[1]}, sparsity = their exact Winograd-domain zeros")
     shapes = input_shapes(model, list(targets), torch.zeros(1, first_in_channels(model), size, size))
