@@ -121,9 +121,14 @@ def choose(times: dict[str, float]) -> tuple[str, str]:
 def _cache_key(layer, x: torch.Tensor) -> str:
     dev, dtype, nb, h, w, cl = shape_key(x)
     p = layer.packed
+    # a decomposed layer (its C counts virtual channels) or a Winograd-ReLU one is another function
+    # than a plain layer of the same GEMM shape: never share their decisions
+    extra = {} if p.decomposition is None else {"dwm": p.decomposition}
+    if getattr(layer, "winograd_relu", False):
+        extra["wrelu"] = 1
     return tuning.make_key(dev=dev, dtype=dtype, n=nb, hw=(h, w), cl=cl, ck=(p.C, p.K), tile=(p.m, p.r),
                            pad=layer.padding, sig=p.sparsity_signature, exact=layer.spatial_weight() is not None,
-                           pts=",".join(p.points))
+                           pts=",".join(p.points), **extra)
 
 
 def decide(layer, x: torch.Tensor) -> Decision:
