@@ -206,3 +206,15 @@ def test_winograd_conv2d_state_dict_keeps_the_decomposition():
     with pytest.raises((ValueError, RuntimeError)):
         c.load_state_dict(a.state_dict())
     assert "decomposed into 9 pieces" in repr(a)
+
+
+def test_dispatch_cache_key_tells_a_decomposed_layer_from_a_plain_one_of_the_same_gemm():
+    from tritonwino import dispatch
+
+    torch.manual_seed(0)
+    strided = SparseWinogradConv2d.from_conv2d(nn.Conv2d(4, 16, 3, stride=2, padding=1), m=4)  # F(4,2), C' = 16
+    plain = SparseWinogradConv2d.from_conv2d(nn.Conv2d(16, 16, 2, padding=1), m=4)  # F(4,2), C = 16
+    assert (strided.packed.C, strided.r) == (plain.packed.C, plain.r)
+    key_s = dispatch._cache_key(strided, torch.randn(1, 4, 8, 8))
+    key_p = dispatch._cache_key(plain, torch.randn(1, 16, 8, 8))
+    assert key_s != key_p and "dwm=3x2" in key_s
