@@ -105,7 +105,7 @@ def test_every_dispatch_path_of_a_decomposed_layer():
     assert layer.spatial_weight().shape == (8, 4, 7, 7)  # the pieces fold back into the 7x7 kernel
     assert "decomposed into 9 pieces" in repr(layer)
     rows = {r["layer"]: r for r in explain(convert(nn.Sequential(conv)))}
-    assert "F(4,3)" in rows["0"]["shape"]
+    assert "7x7/2 in 9 pieces F(4,3)" in rows["0"]["shape"]
 
 
 def test_decompose_false_and_points_leave_layers_alone_with_a_reason():

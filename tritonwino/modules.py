@@ -516,9 +516,12 @@ def explain(model: torch.nn.Module) -> ExplainTable:
     rows = ExplainTable()
     for name, mod in model.named_modules():
         if isinstance(mod, SparseWinogradConv2d):
+            kernel = f"{mod.kernel_size}x{mod.kernel_size}"
+            if mod.decomposition is not None:
+                kernel += f"/{mod.stride} in {mod._channels // mod.in_channels} pieces"
             base = {"layer": name, "type": "SparseWinogradConv2d",
-                    "shape": f"{mod.in_channels}->{mod.out_channels} {mod.r}x{mod.r} F({mod.m},{mod.r}) "
-                             f"block={mod.block[0]}x{mod.block[1]}",
+                    "shape": f"{mod.in_channels}->{mod.out_channels} {kernel} F({mod.m},{mod.r})"
+                             f"{' winograd-relu' if mod.winograd_relu else ''} block={mod.block[0]}x{mod.block[1]}",
                     "eligible": "converted", "winograd_sparsity": mod.winograd_sparsity()}
             decisions = mod.dispatch_decisions()
             if not decisions:
