@@ -114,7 +114,7 @@ def autotune(kernel: str, key: tuple | str | dict, configs: Sequence[dict],
         return configs[0]
     cache = cache if cache is not None else get_cache()
     if not force:
-        cached = cache.get(kernel, key)
+        cached = _guarded(lambda: cache.get(kernel, key), f"reading the tuning cache {cache.path}")
         if cached is not None:
             for c in configs:
                 if jsonable_config(c) == cached:
@@ -138,5 +138,16 @@ def autotune(kernel: str, key: tuple | str | dict, configs: Sequence[dict],
             best = (ms, c)
     if best is None:
         raise RuntimeError(f"autotune({kernel!r}, {norm_key(key)!r}): every config failed: {errors}")
-    cache.put(kernel, key, best[1], timings, errors=errors)
+    _guarded(lambda: cache.put(kernel, key, best[1], timings, errors=errors), f"writing the tuning cache {cache.path}")
     return best[1]
+
+
+def _guarded(fn: Callable[[], object], what: str):
+    """The cache is an optimisation: whatever goes wrong in it (TuningCache already turns file
+    problems into warnings; this is the last line) costs a re-tune, never the caller's forward."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        warnings.warn(f"tritonwino: {what} failed and is skipped: {type(e).__name__}: {e}", RuntimeWarning,
+                      stacklevel=3)
+        return None
