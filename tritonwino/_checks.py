@@ -26,7 +26,15 @@ def check_padding(padding: object) -> tuple[int, int]:
     ph, pw = pair(padding, "padding")  # type: ignore[arg-type]
     if ph < 0 or pw < 0:
         raise ValueError(f"padding must be >= 0, got {(ph, pw)}")
+    if max(ph, pw) > MAX_PADDING:
+        raise ValueError(f"padding {(ph, pw)} is too large: at most {MAX_PADDING} per side "
+                         "(the output alone would not fit in memory)")
     return ph, pw
+
+
+# Sizes are int64 in the op schemas and int32 in the kernels' index arithmetic; a padding beyond
+# this cannot give an output that fits in memory anyway.
+MAX_PADDING = 2**31 - 1
 
 
 def check_conv_unsupported(stride: object = 1, dilation: object = 1, groups: int = 1) -> None:
@@ -172,3 +180,27 @@ BACKENDS = ("auto", "triton", "torch")
 def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+# Largest input tile n = m + r - 1 that gives a usable result, per dtype of the Winograd-domain
+# operands (measured, bench/accuracy.py and tests/test_no_silent_errors.py): fp16/bf16 V and Q lose
+# every digit from n = 10 (F(6,5), F(8,3), F(4,7): relative error 0.5 to 10^3); fp32 from n = 14
+# (relative error ~1); float64 up to transforms.MAX_TILE.
+MAX_TILE_FOR_DTYPE = {torch.float16: 8, torch.bfloat16: 8, torch.float32: 12, torch.float64: 16}
+
+
+def check_tile_dtype(m: int, r: int, *dtypes: torch.dtype) -> None:
+    """Refuse (ValueError) F(m, r) with operands of a dtype whose rounding makes that tile's result
+    garbage (``MAX_TILE_FOR_DTYPE``); ``dtypes`` are the input's and any stored weight's dtype."""
+    n = m + r - 1
+    for dtype in dtypes:
+        limit = MAX_TILE_FOR_DTYPE.get(dtype)
+        if limit is not None and n > limit:
+            ok = [d for d, lim in MAX_TILE_FOR_DTYPE.items() if lim >= n]
+            names = ", ".join(str(d).removeprefix("torch.") for d in ok) or "none"
+            raise ValueError(
+                f"F({m},{r}) (input tile n = {n}) is not supported in {str(dtype).removeprefix('torch.')}: "
+                f"its Winograd-domain values lose every significant digit at this precision (results would be "
+                f"garbage). Use a dtype that supports n = {n} ({names}), or a smaller tile with "
+                f"n = m + r - 1 <= {limit} (e.g. F({max(1, limit - r + 1)},{r}))"
+            )

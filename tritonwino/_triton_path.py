@@ -7,6 +7,7 @@ Layouts (docs/notation.md): x (N, C, H, W) any strides; V (P, C, T); Q position-
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from fractions import Fraction
@@ -29,6 +30,7 @@ __all__ = [
     "TRITON_DTYPES",
     "check_index_range",
     "check_triton_dtype",
+    "kernel_bias",
     "kron_padded",
     "run",
     "sparse_winograd_conv2d",
@@ -94,6 +96,7 @@ def run(
 ) -> torch.Tensor:
     """Run the three stages; ``gemm(V (P, C, T)) -> M (P, K, T) fp32`` is the middle stage."""
     check_triton_dtype(x.dtype)
+    _checks.check_tile_dtype(m, r, x.dtype)
     n = tile_size(m, r)
     nb, _, h, w = x.shape
     ho, wo = _checks.output_size(h, w, r, padding)
@@ -102,7 +105,18 @@ def run(
     v = input_transform(x, kb, n, m, padding, tiles, _checks.operand_dtype(x.dtype))
     mm = gemm(v)
     y = _checks.empty_output(x, k, ho, wo)
-    return output_transform(mm, ka, bias, y, m, tiles, relu)
+    return output_transform(mm, ka, kernel_bias(bias), y, m, tiles, relu)
+
+
+def kernel_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The bias as the output kernel reads it: (K,) dense (it indexes ``bias_ptr + k``, so a strided
+    view or an ``expand``-ed scalar would read the wrong elements or past its storage), in a dtype
+    the kernels take (float64 is rounded to float32, as the torch path adds it)."""
+    if bias is None:
+        return None
+    if bias.dtype not in TRITON_DTYPES:
+        bias = bias.to(torch.float32)
+    return bias.contiguous()
 
 
 def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
@@ -111,6 +125,7 @@ def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | N
     """Dense Winograd convolution with a position-major Winograd-domain weight ``q_pck`` (P, C, K)."""
     p, c, k = q_pck.shape
     check_triton_dtype(x.dtype)
+    _checks.check_tile_dtype(m, r, x.dtype, q_pck.dtype)
     check_index_range(x, k, c, m, r, padding)
     q = q_pck.to(_checks.operand_dtype(x.dtype)).contiguous()
 
@@ -122,13 +137,22 @@ def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | N
 
 def sparse_winograd_conv2d(x: torch.Tensor, packed: PackedWinogradWeight, bias: torch.Tensor | None,
                            padding: tuple[int, int], relu: bool = False, allow_tf32: bool = False) -> torch.Tensor:
-    """Sparse Winograd convolution with a validated ``PackedWinogradWeight``."""
+    """Sparse Winograd convolution with a validated ``PackedWinogradWeight`` (its contents are
+    checked by ``packed.validate()``; here only what the launch itself needs, without a host sync)."""
     check_triton_dtype(x.dtype)
+    packed.check_fields()
+    _checks.check_tile_dtype(packed.m, packed.r, x.dtype)
     check_index_range(x, packed.K, packed.C, packed.m, packed.r, padding)
-    vals = packed.values_as(_checks.operand_dtype(x.dtype))
+    if not (packed.indices.is_contiguous() and packed.offsets.is_contiguous()):
+        # The kernel (and the autotuner's timed launches) read indices/offsets by flat offset: dense
+        # arrays only. A view loaded from a file or built by hand may have other strides.
+        packed = dataclasses.replace(packed, indices=packed.indices.contiguous(),
+                                     offsets=packed.offsets.contiguous(), _cast_cache=packed._cast_cache)
+    vals = packed.values_as(_checks.operand_dtype(x.dtype))  # contiguous
 
     def gemm(v: torch.Tensor) -> torch.Tensor:
         cfg = select.sparse_config(v, packed, vals, allow_tf32)
-        return sparse_winograd_gemm(v, vals, packed.indices, packed.offsets, packed.K, packed.group_k, allow_tf32, cfg)
+        return sparse_winograd_gemm(v, vals, packed.indices, packed.offsets, packed.K, packed.group_k, allow_tf32,
+                                    cfg)
 
     return run(x, gemm, packed.K, bias, padding, packed.m, packed.r, packed.points_fractions(), relu)

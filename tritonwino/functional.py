@@ -180,6 +180,9 @@ def sparse_winograd_conv2d(
     if not isinstance(packed, PackedWinogradWeight):
         raise TypeError(f"packed must be a PackedWinogradWeight (see pack_winograd_weight), "
                         f"got {type(packed).__name__}")
+    # Types, shapes, dtypes and devices here (no host sync); the arrays' contents are validated in
+    # the op, once per array version (packing.packed_from_arrays).
+    packed.check_fields()
     _checks.check_input(x, packed.C)
     _checks.check_bias(bias, packed.K)
     _checks.check_same_device(x=x, packed=packed.values, bias=bias)

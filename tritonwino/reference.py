@@ -176,6 +176,7 @@ def sparse_winograd_conv2d(
     """Sparse Winograd convolution with a ``PackedWinogradWeight`` (inference; torch ops)."""
     pad = _checks.check_padding(padding)
     m, r, pts = packed.m, packed.r, packed.points_fractions()
+    _checks.check_tile_dtype(m, r, x.dtype, packed.values.dtype)
     nb, _, h, w = x.shape
     ho, wo = _checks.output_size(h, w, r, pad)
     acc = _checks.accum_dtype(x.dtype)
@@ -229,6 +230,7 @@ def winograd_conv2d_pck(
     _checks.check_input(x, c)
     _checks.check_bias(bias, k)
     _checks.check_same_device(x=x, q=q_pck, bias=bias)
+    _checks.check_tile_dtype(m, r, x.dtype, q_pck.dtype)
     nb, _, h, w = x.shape
     ho, wo = _checks.output_size(h, w, r, padding)
     acc = _checks.accum_dtype(x.dtype)
