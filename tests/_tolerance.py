@@ -36,6 +36,9 @@ on a fraction of the elements: in fp32 they exceed the bars 10^4-10^5-fold, in f
 (norm); in bf16, whose own max error is 0.1-0.5 of the scale, the norm rule is what sees them. The
 max rule sees a single wrong element in fp32/fp16.
 
+The rule is implemented in ``tritonwino.testing.rule_violations`` (shared with the fuzz harness,
+``tritonwino fuzz``); this file holds its documentation and the assertions the tests use.
+
 Independently of the rule, the relative error (max abs error / max |oracle|) must be below
 ``REL_BOUND[(m, dtype)]``: the algorithm's real error for that tile and dtype (bench/accuracy.py
 measures it; bounds are about 3-5x the measured maxima over random normal data), so that the
@@ -44,73 +47,16 @@ two paths cannot be wrong together.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-REL_BOUND = {
-    (2, torch.float32): 2e-6, (4, torch.float32): 2e-5, (6, torch.float32): 1e-4,
-    (2, torch.float16): 5e-3, (4, torch.float16): 3e-2, (6, torch.float16): 6e-2,
-    (2, torch.bfloat16): 4e-2, (4, torch.bfloat16): 2.5e-1, (6, torch.bfloat16): 5e-1,
-}
+from tritonwino.testing import NORM_FACTOR, REL_BOUND, max_err, rms, rule_violations, worst_element
 
-
-# The spread between correct implementations' RMS errors. fp32: the error is rounding in the fp32
-# transforms, whose order differs between implementations (kron vs separable transforms: up to 2.24x
-# measured, tests/test_tolerance.py). fp16/bf16: the error is the rounding of the operands V and Q,
-# the same in every implementation (ratio 1.00; the interpreter's truncating bf16 cast is absorbed by
-# the 1-ulp term), so the bar stays at 2x where bugs sit closest to the noise.
-NORM_FACTOR = {torch.float32: 3.0, torch.float16: 2.0, torch.bfloat16: 2.0}
+__all__ = ["NORM_FACTOR", "REL_BOUND", "assert_close_rule", "max_err", "old_rule_fails", "rms", "rule_violations",
+           "ulp", "worst_element"]
 
 
 def ulp(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps)
-
-
-def max_err(y: torch.Tensor, oracle: torch.Tensor) -> float:
-    d = (y.double() - oracle).abs()
-    return float(d.max()) if d.numel() else 0.0
-
-
-def rms(t: torch.Tensor) -> float:
-    return float(t.double().pow(2).mean().sqrt()) if t.numel() else 0.0
-
-
-def worst_element(y: torch.Tensor, oracle: torch.Tensor) -> str:
-    """Where ``y`` is furthest from ``oracle``: index, both values and the error (for messages)."""
-    d = (y.double() - oracle).abs()
-    if d.numel() == 0:
-        return "empty"
-    flat = int(torch.nan_to_num(d, nan=float("inf")).flatten().argmax())
-    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), d.shape))
-    return f"worst at {idx}: got {float(y[idx]):.6g}, oracle {float(oracle[idx]):.6g}, |err| {float(d[idx]):.3e}"
-
-
-def rule_violations(y: torch.Tensor, y_torch: torch.Tensor, oracle: torch.Tensor) -> list[str]:
-    """The parts of the rule (module docstring) that ``y`` breaks; empty when it passes."""
-    if y.shape != oracle.shape:
-        return [f"shape {tuple(y.shape)} != {tuple(oracle.shape)}"]
-    if not bool(torch.isfinite(y).all()) and bool(torch.isfinite(oracle).all()):
-        return [f"non-finite output; {worst_element(y, oracle)}"]
-    n = oracle.numel()
-    if n == 0:
-        return []
-    eps = ulp(y.dtype)
-    e, e_ref = y.double() - oracle, y_torch.double() - oracle
-    scale = float(oracle.abs().max())
-    out = []
-    factor = NORM_FACTOR.get(y.dtype, 3.0)
-    norm_bar = factor * rms(e_ref) + eps * rms(oracle)
-    if rms(e) > norm_bar:
-        out.append(f"rms error {rms(e):.3e} > {factor:g} x torch rms error {rms(e_ref):.3e} + 1 ulp x rms(oracle) "
-                   f"(bar {norm_bar:.3e})")
-    expected_max = rms(e_ref) * math.sqrt(2 * math.log(max(n, 2)))
-    max_bar = 4 * max(max_err(y_torch, oracle), expected_max) + eps * scale
-    if max_err(y, oracle) > max_bar:
-        out.append(f"max error {max_err(y, oracle):.3e} > 4 x max(torch max error {max_err(y_torch, oracle):.3e}, "
-                   f"its rms x sqrt(2 ln N) {expected_max:.3e}) + 1 ulp x scale (bar {max_bar:.3e}); "
-                   f"{worst_element(y, oracle)}")
-    return out
 
 
 def old_rule_fails(y: torch.Tensor, y_torch: torch.Tensor, oracle: torch.Tensor) -> bool:

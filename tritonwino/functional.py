@@ -137,6 +137,15 @@ def winograd_conv2d_pck(
     """
     pad = _checks.check_padding(padding)
     pts = normalize_points(m, r, points)
+    if not isinstance(q_pck, torch.Tensor) or q_pck.dim() != 3 or q_pck.dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"q_pck must be a floating (P, C, K) tensor, got "
+                        f"{tuple(q_pck.shape) if isinstance(q_pck, torch.Tensor) else type(q_pck).__name__}")
+    n = tile_size(m, r)
+    if q_pck.shape[0] != n * n:
+        raise ValueError(f"q_pck has {q_pck.shape[0]} positions; F({m},{r}) has {n * n}")
+    _checks.check_input(x, q_pck.shape[1])
+    _checks.check_bias(bias, q_pck.shape[2])
+    _checks.check_same_device(x=x, q=q_pck, bias=bias)
     be = resolve_backend(backend, x, q_pck, bias)
     if _needs_grad(x, q_pck, bias):
         return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts, relu)

@@ -14,7 +14,7 @@ import torch
 from . import _checks, reference
 from .transforms import tile_size
 
-__all__ = ["random_pruned_q"]
+__all__ = ["NORM_FACTOR", "REL_BOUND", "max_err", "random_pruned_q", "rms", "rule_violations", "worst_element"]
 
 
 def random_pruned_q(
@@ -63,3 +63,80 @@ def random_pruned_q(
     keep = torch.rand(math.ceil(k / bk), math.ceil(c / bc), n, n, generator=generator) >= sparsity
     keep = keep.repeat_interleave(bk, 0)[:k].repeat_interleave(bc, 1)[:, :c]
     return q * keep
+
+
+# ---------------------------------------------------------------------------------------------
+# The accuracy rule (tests/_tolerance.py documents it; the fuzz harness uses it too)
+
+REL_BOUND = {
+    (2, torch.float32): 2e-6, (4, torch.float32): 2e-5, (6, torch.float32): 1e-4,
+    (2, torch.float16): 5e-3, (4, torch.float16): 3e-2, (6, torch.float16): 6e-2,
+    (2, torch.bfloat16): 4e-2, (4, torch.bfloat16): 2.5e-1, (6, torch.bfloat16): 5e-1,
+}
+
+
+# The spread between correct implementations' RMS errors. fp32: the error is rounding in the fp32
+# transforms, whose order differs between implementations (kron vs separable transforms: up to 2.24x
+# measured, tests/test_tolerance.py). fp16/bf16: the error is the rounding of the operands V and Q,
+# the same in every implementation (ratio 1.00; the interpreter's truncating bf16 cast is absorbed by
+# the 1-ulp term), so the bar stays at 2x where bugs sit closest to the noise.
+NORM_FACTOR = {torch.float32: 3.0, torch.float16: 2.0, torch.bfloat16: 2.0}
+
+
+def max_err(y: torch.Tensor, oracle: torch.Tensor) -> float:
+    d = (y.double() - oracle).abs()
+    return float(d.max()) if d.numel() else 0.0
+
+
+def rms(t: torch.Tensor) -> float:
+    return float(t.double().pow(2).mean().sqrt()) if t.numel() else 0.0
+
+
+def worst_element(y: torch.Tensor, oracle: torch.Tensor) -> str:
+    """Where ``y`` is furthest from ``oracle``: index, both values and the error (for messages)."""
+    d = (y.double() - oracle).abs()
+    if d.numel() == 0:
+        return "empty"
+    flat = int(torch.nan_to_num(d, nan=float("inf")).flatten().argmax())
+    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), d.shape))
+    return f"worst at {idx}: got {float(y[idx]):.6g}, oracle {float(oracle[idx]):.6g}, |err| {float(d[idx]):.3e}"
+
+
+def rule_violations(y: torch.Tensor, y_torch: torch.Tensor, oracle: torch.Tensor) -> list[str]:
+    """The accuracy rule of the test suite (documented in tests/_tolerance.py): which parts of it a
+    result ``y`` breaks, judged against the float64 ``oracle`` and the torch path's ``y_torch``
+    (empty list: it passes). With e = y − oracle, e_ref = y_torch − oracle, eps of y's dtype:
+
+    * norm: rms(e) <= NORM_FACTOR[dtype] · rms(e_ref) + eps · rms(oracle)
+    * max:  max|e| <= 4 · max(max|e_ref|, rms(e_ref) · sqrt(2 ln N)) + eps · max|oracle|
+
+    Example:
+        >>> o = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+        >>> rule_violations(o.float(), o.float(), o)
+        []
+        >>> bool(rule_violations(-o.float(), o.float(), o))
+        True
+    """
+    if y.shape != oracle.shape:
+        return [f"shape {tuple(y.shape)} != {tuple(oracle.shape)}"]
+    if not bool(torch.isfinite(y).all()) and bool(torch.isfinite(oracle).all()):
+        return [f"non-finite output; {worst_element(y, oracle)}"]
+    n = oracle.numel()
+    if n == 0:
+        return []
+    eps = float(torch.finfo(y.dtype).eps)
+    e, e_ref = y.double() - oracle, y_torch.double() - oracle
+    scale = float(oracle.abs().max())
+    out = []
+    factor = NORM_FACTOR.get(y.dtype, 3.0)
+    norm_bar = factor * rms(e_ref) + eps * rms(oracle)
+    if rms(e) > norm_bar:
+        out.append(f"rms error {rms(e):.3e} > {factor:g} x torch rms error {rms(e_ref):.3e} + 1 ulp x rms(oracle) "
+                   f"(bar {norm_bar:.3e})")
+    expected_max = rms(e_ref) * math.sqrt(2 * math.log(max(n, 2)))
+    max_bar = 4 * max(max_err(y_torch, oracle), expected_max) + eps * scale
+    if max_err(y, oracle) > max_bar:
+        out.append(f"max error {max_err(y, oracle):.3e} > 4 x max(torch max error {max_err(y_torch, oracle):.3e}, "
+                   f"its rms x sqrt(2 ln N) {expected_max:.3e}) + 1 ulp x scale (bar {max_bar:.3e}); "
+                   f"{worst_element(y, oracle)}")
+    return out
