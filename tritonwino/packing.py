@@ -15,6 +15,7 @@ Arrays (``G = ceil(K / group_k)``, ``P = n²``; groups ordered ``p * G + g``):
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections.abc import Sequence
@@ -96,7 +97,7 @@ class PackedWinogradWeight:
         return sum(t.numel() * t.element_size() for t in (self.values, self.indices, self.offsets))
 
     def points_fractions(self) -> tuple[Fraction, ...]:
-        return tuple(Fraction(p) for p in self.points)
+        return _points_of(self.m, self.r, tuple(self.points))
 
     # ---- conversions --------------------------------------------------------------------------
     def to(self, device=None, dtype: torch.dtype | None = None) -> PackedWinogradWeight:
@@ -178,7 +179,7 @@ class PackedWinogradWeight:
                 isinstance(p, str) for p in self.points):
             raise ValueError(f"packed weight: points must be a tuple of strings such as ('0', '1', '-1'), "
                              f"got {self.points!r}")
-        normalize_points(self.m, self.r, tuple(self.points))
+        _points_of(self.m, self.r, tuple(self.points))
         try:
             bk, bc = check_kernel_block(self.block)
         except ValueError as e:
@@ -240,6 +241,12 @@ class PackedWinogradWeight:
 
 
 _FIELDS = {"values", "indices", "offsets", "m", "r", "K", "C", "block", "group_k", "points"}
+
+
+@functools.lru_cache(maxsize=256)
+def _points_of(m: int, r: int, points: tuple[str, ...]) -> tuple[Fraction, ...]:
+    # parsing Fractions costs ~100 µs: once per (tile, point set), not on every call
+    return normalize_points(m, r, points)
 
 
 def check_kernel_block(block: object) -> tuple[int, int]:
