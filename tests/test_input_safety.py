@@ -308,6 +308,14 @@ def test_launch_path_refuses_before_the_launchers_assert(case):
         _triton_path.sparse_winograd_conv2d(x, make(p), None, (1, 1))
 
 
+def test_dense_launch_path_refuses_a_mismatched_weight():
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad(), pytest.raises(ValueError, match="does not fit"):
+        _triton_path.winograd_conv2d(x, torch.randn(25, 3, 4), None, (1, 1), 4, 3, default_points(6))
+    with torch.no_grad(), pytest.raises(ValueError, match="does not fit"):
+        _triton_path.winograd_conv2d(x, torch.randn(36, 2, 4), None, (1, 1), 4, 3, default_points(6))
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("m", "4", "m must be an int"),
     ("points", "0,1", "points must be a tuple"),

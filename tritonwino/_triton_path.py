@@ -125,6 +125,9 @@ def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | N
     """Dense Winograd convolution with a position-major Winograd-domain weight ``q_pck`` (P, C, K)."""
     p, c, k = q_pck.shape
     check_triton_dtype(x.dtype)
+    if p != tile_size(m, r) ** 2 or c != x.shape[1]:  # the GEMM launcher would only assert
+        raise ValueError(f"q_pck {tuple(q_pck.shape)} does not fit F({m},{r}) (P = {tile_size(m, r) ** 2}) and an "
+                         f"input of {x.shape[1]} channels")
     _checks.check_tile_dtype(m, r, x.dtype, q_pck.dtype)
     check_index_range(x, k, c, m, r, padding)
     q = q_pck.to(_checks.operand_dtype(x.dtype)).contiguous()
