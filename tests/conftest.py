@@ -21,6 +21,11 @@ import pytest  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+if INTERPRETING:
+    # The interpreter truncates fp32 -> bf16 where a GPU rounds to nearest even: verify what the GPU computes.
+    from tritonwino.testing import interpreter_rounds_bf16_like_gpu  # noqa: E402
+
+    interpreter_rounds_bf16_like_gpu()
 
 
 @pytest.fixture(autouse=True)

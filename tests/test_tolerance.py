@@ -159,3 +159,27 @@ def test_rule_catches_a_single_wrong_element_in_fp32_and_fp16():
 
 def test_rel_bound_keys_cover_the_tested_tiles():
     assert {m for m, _ in REL_BOUND} == {2, 4, 6}
+
+
+@pytest.mark.kernels
+def test_interpreter_casts_to_bf16_like_a_gpu():
+    """conftest makes the interpreter round fp32 -> bf16 to nearest even (it truncates by itself),
+    so bf16 kernel results verified here are those a GPU computes."""
+    import triton
+    import triton.language as tl
+    from tritonwino.kernels._common import interpreting
+
+    if not interpreting():
+        pytest.skip("compiled kernels round to nearest even by themselves")
+
+    @triton.jit
+    def cast(x_ptr, y_ptr, N: tl.constexpr):
+        o = tl.arange(0, N)
+        tl.store(y_ptr + o, tl.load(x_ptr + o).to(tl.bfloat16))
+
+    x = torch.randn(1024, generator=torch.Generator().manual_seed(0))
+    x[:6] = torch.tensor([float("nan"), float("inf"), -float("inf"), 3.4e38, -1.998, 1.00390625])  # carry, tie
+    y = torch.empty(1024, dtype=torch.bfloat16)
+    cast[(1,)](x, y, N=1024)
+    ref = x.to(torch.bfloat16)
+    assert torch.isnan(y[0]) and torch.equal(y[1:], ref[1:])
