@@ -617,7 +617,8 @@ def write_report(report: dict[str, Any], out: str | os.PathLike) -> tuple[Path, 
         f"`tritonwino fuzz --cases {report['cases']} --seed {report['seed']}{paths}` — {report['timestamp']}, "
         f"{report['environment'].get('device', 'cpu')}, {report['threads']} torch thread(s), per-case timeout "
         f"{report['timeout_s']:g} s, {report['seconds']:.0f} s in all. Triton cases run under the interpreter "
-        "when there is no GPU.",
+        "when there is no GPU (its fp32 -> bf16 casts made to round to nearest even, as compiled kernels do: "
+        "`tritonwino.testing.interpreter_rounds_bf16_like_gpu`).",
         "",
         "| outcome | cases |",
         "|---|---|",
