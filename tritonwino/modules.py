@@ -372,6 +372,8 @@ class SparseWinogradConv2d(torch.nn.Module):
 
     def run_path(self, x: torch.Tensor, path: str, backend: str) -> torch.Tensor:
         """Run one path explicitly (dispatch measures with this)."""
+        if not torch.compiler.is_compiling():
+            self._refresh()
         bias = self.bias
         if path == "conv2d":
             w = self._w_spatial if self._w_spatial is not None else self.spatial_weight()
@@ -463,6 +465,8 @@ class SparseWinogradConv2d(torch.nn.Module):
         rest = {k: v for k, v in state_dict.items() if k not in names}
         super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        if meta is None and prefix + "_extra_state" in missing_keys:
+            missing_keys.remove(prefix + "_extra_state")  # a plain conv's weight needs none: this layer's own apply
 
     def _target(self, t: torch.Tensor, assign: bool) -> tuple[torch.device, torch.dtype]:
         return (t.device if assign else self.packed_values.device), self.packed_values.dtype
