@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _checks, dispatch, functional, reference
+from . import _checks, dispatch, functional, ops, reference
 from .packing import (
     DEFAULT_ELEMENT_GROUP_K,
     SUPPORTED_GROUP_K,
@@ -384,6 +384,14 @@ class SparseWinogradConv2d(torch.nn.Module):
             q_pck = self._q_pck if self._q_pck is not None else self.dense_weight()
             return functional.winograd_conv2d_pck(x, q_pck, bias, self.padding, self.m, self.r, self.points, backend)
         if path == "sparse":
+            if torch.compiler.is_exporting():
+                # export traces with grad enabled (x requires grad behind BN parameters), and the
+                # differentiable torch path has data-dependent shapes: export the op itself (an
+                # exported layer is inference-only, as the op is).
+                p = self._packed_view()
+                return ops.sparse_winograd_conv2d_op(
+                    x, p.values, p.indices, p.offsets, bias, list(self.padding), [p.m, p.r], [p.K, p.C],
+                    list(p.block), ops.points_str(p.points), backend, False, False)
             # While tracing, validation (data-dependent) must stay inside the op: pass a plain view.
             packed = self._packed_view() if torch.compiler.is_compiling() else self.packed
             return functional.sparse_winograd_conv2d(x, packed, bias, self.padding, backend)
@@ -592,7 +600,7 @@ def _carry_hooks(old: torch.nn.Module, new: torch.nn.Module) -> None:
 def _coarser_than_mask(layer: SparseWinogradConv2d) -> tuple[float, float] | None:
     """(Winograd sparsity, kept slot fraction) of a layer whose zeros the packing at its block
     mostly fails to skip (a mask finer than the block: e.g. element-pruned, packed at (16, 1)), else None."""
-    if layer.packed_values.is_meta:
+    if layer.packed_values.is_meta or layer.block == (1, 1):  # element granularity was asked for
         return None
     sparsity, kept = layer.winograd_sparsity(), layer.packed.density
     return (sparsity, kept) if sparsity >= 0.2 and 1.0 - kept < 0.5 * sparsity else None
