@@ -190,7 +190,7 @@ class SpatialPruner(_Pruner):
         model: the network (or its DDP wrapper); eligible layers are r×r stride-1 ``nn.Conv2d``.
         m, points: the Winograd tile the sparsity is measured (and the groups defined) for.
         block: granularity (1, 1) element (paper), (bk, 1) vector, (bk, bc) block.
-        layers: names (or a ``filter(name, module)``) of layers to prune; default all eligible.
+        layers: names (or a ``filter(module, name) -> bool``) of layers to prune; default all eligible.
         keep_dense: ``"first"`` (default: the first eligible conv stays dense) [ours; the authors
             prune layer 0 to a fixed 20%, available through ``overrides``], ``None`` or names.
         overrides: ``{name: target}`` per-layer targets that replace the global one.
