@@ -2,7 +2,8 @@
 
 ResNet-18 (ResNet.max variant, the 16 stride-1 3x3 convs eligible), random weights, pruned at the
 (16, 1) granularity that ``convert`` packs with, two ways: spatial structured pruning
-(``SpatialPruner``: the converted layers store their spatial weight W, Q is re-derived at load) and
+(``SpatialPruner``: the converted layers store their spatial weight W, dense or as a bit mask plus
+its nonzeros, whichever is smaller; Q is re-derived at load) and
 Winograd-domain pruning (``convert_to_winograd`` + ``WinogradPruner``: the layers store packed
 values in the model's dtype with int16 indices). Sizes are ``torch.save`` files of the
 ``state_dict`` (masks not saved), plus the "packed everywhere, fp32" bytes of tritonwino 0.1 for

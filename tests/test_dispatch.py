@@ -63,7 +63,7 @@ def test_layer_runs_the_chosen_path_and_its_output_is_right(monkeypatch, times, 
     # pruned layer was built from is kept whatever runs (its checkpoint stores it instead of Q)
     assert layer._w_spatial is not None
     assert (layer._q_pck is not None) == (expected == "dense")
-    assert set(layer.state_dict()) == {"weight", "bias", "_extra_state"}
+    assert set(layer.state_dict()) == {"weight_mask", "weight_nonzeros", "bias", "_extra_state"}
     direct, _ = _winograd_direct_layer()
     _fake_times(monkeypatch, {"dense": 2.0, "sparse": 1.0})
     with torch.no_grad():

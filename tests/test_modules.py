@@ -173,8 +173,12 @@ def _reload(sd):
 def test_spatially_pruned_layer_stores_its_spatial_weight_and_roundtrips_exactly():
     a, b = _converted_pair(kind="spatial")
     sd = a.state_dict()
-    assert set(sd) == {f"{i}.{n}" for i in (0, 2) for n in ("weight", "bias", "_extra_state")}
-    assert sd["2._extra_state"]["storage"] == "spatial" and sd["2.weight"].shape == (32, 32, 3, 3)
+    # pruned W: a bit mask of its nonzeros and those values (smaller than the dense W)
+    assert set(sd) == {f"{i}.{n}" for i in (0, 2) for n in ("weight_mask", "weight_nonzeros", "bias", "_extra_state")}
+    assert sd["2._extra_state"]["storage"] == "spatial_sparse"
+    w = a[2].spatial_weight()
+    assert sd["2.weight_mask"].dtype == torch.uint8 and sd["2.weight_mask"].numel() == 32 * 32 * 9 // 8
+    assert torch.equal(sd["2.weight_nonzeros"], w[w != 0])
     x = torch.randn(2, 16, 12, 12)
     with torch.no_grad():
         ya = a(x)
@@ -183,11 +187,18 @@ def test_spatially_pruned_layer_stores_its_spatial_weight_and_roundtrips_exactly
     for la, lb in zip(a[::2], b[::2], strict=True):
         for name in ("packed_values", "packed_indices", "packed_offsets"):
             assert torch.equal(getattr(la, name), getattr(lb, name)), name
+        assert torch.equal(la.weight, lb.weight)
     with torch.no_grad():
         assert torch.equal(b(x), ya)
     assert b[2].winograd_sparsity() == a[2].winograd_sparsity()
-    assert b[2].spatial_weight() is not None  # the loaded layer keeps W: it saves the same form again
-    assert b.state_dict()["2._extra_state"]["storage"] == "spatial"
+    assert b.state_dict()["2._extra_state"]["storage"] == "spatial_sparse"  # the loaded layer keeps W
+    # an unpruned W is stored as it is (a bit mask would only add bytes)
+    dense = convert(_spatially_pruned(0, 0.0), backend="torch").state_dict()
+    assert dense["2._extra_state"]["storage"] == "spatial" and dense["2.weight"].shape == (32, 32, 3, 3)
+    # masking leaves -0.0 in the conv's weight; the layer holds +0.0 there (bitwise what a load rebuilds)
+    conv = _spatially_pruned(0, 0.8)[2]
+    assert bool(torch.signbit(conv.weight[conv.weight == 0]).any())
+    assert not bool(torch.signbit(w[w == 0]).any())
 
 
 def test_winograd_pruned_layer_stores_packed_arrays_in_the_model_dtype_and_roundtrips_exactly():
@@ -258,7 +269,7 @@ def test_compact_state_dict_rounds_the_stored_weight_and_loads_into_a_fresh_mode
     SpatialPruner(dense, m=4, block=(16, 1), keep_dense=None, tol=1e-3, max_iter=25).prune(0.75)
     conv = convert(copy.deepcopy(dense), backend="torch")
     c16 = compact_state_dict(conv)
-    assert c16["0.weight"].dtype == torch.float16
+    assert c16["0.weight_nonzeros"].dtype == torch.float16  # the pruned W, stored sparse
     assert _file_size(c16) < 0.6 * _file_size(dense.state_dict())
     fresh = convert(nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1)), backend="torch")
     fresh.load_state_dict(compact_state_dict(conv))
@@ -302,13 +313,18 @@ def test_load_mismatch_fails_clearly_before_any_wrong_result():
     bad = {k: v for k, v in sd.items() if k != "2._extra_state"}
     with pytest.raises(ValueError, match="metadata"):
         fresh.load_state_dict(bad)
-    spatial_sd, _ = _converted_pair()
-    bad = dict(spatial_sd.state_dict())
+    dense_sd = convert(_spatially_pruned(0, 0.0), backend="torch").state_dict()
+    bad = dict(dense_sd)
     bad["2.weight"] = bad["2.weight"][:, :16]
     with pytest.raises(ValueError, match="shape"):
         fresh.load_state_dict(bad)
-    bad = {**sd, "2.weight": spatial_sd.state_dict()["2.weight"]}
-    with pytest.raises(ValueError, match="both"):
+    bad = {**sd, "2.weight": dense_sd["2.weight"]}
+    with pytest.raises(ValueError, match="more than one form"):
+        fresh.load_state_dict(bad)
+    # a sparse spatial weight whose mask and values disagree
+    sparse_sd = _converted_pair()[0].state_dict()
+    bad = {**sparse_sd, "2.weight_nonzeros": sparse_sd["2.weight_nonzeros"][:-1]}
+    with pytest.raises(ValueError, match="weight_nonzeros"):
         fresh.load_state_dict(bad)
 
 

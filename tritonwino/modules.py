@@ -14,6 +14,7 @@ rebuilt from the packed weight in memory (non-persistent buffers), never saved.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -44,6 +45,8 @@ logger = logging.getLogger("tritonwino")
 STATE_FORMAT = 2  # 1: packed arrays only (still loads)
 _ARRAYS = ("packed_values", "packed_indices", "packed_offsets")
 _WEIGHT = "weight"
+# The checkpoint forms of a layer's weight and their state_dict entries (``_storage`` picks one).
+_FORMS = {"spatial": (_WEIGHT,), "spatial_sparse": ("weight_mask", "weight_nonzeros"), "packed": _ARRAYS}
 # Forward / backward hook dicts a converted layer takes over from the conv it replaces.
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
                "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks")
@@ -144,8 +147,9 @@ class SparseWinogradConv2d(torch.nn.Module):
                 return cls(packed, conv.bias, _checks.conv_padding(conv), backend)
             mask = getattr(conv, "spatial_mask", None)
             w = w * mask.to(w.dtype) if isinstance(mask, torch.Tensor) else w.clone()
-            layer = cls(_pack_spatial(w, m, r, pts, block), conv.bias, _checks.conv_padding(conv), backend)
-            layer._install(layer._packed_view(), w)
+            packed, w = _pack_spatial(w, m, r, pts, block)
+            layer = cls(packed, conv.bias, _checks.conv_padding(conv), backend)
+            layer._install(packed, w)
         return layer
 
     @classmethod
@@ -202,8 +206,8 @@ class SparseWinogradConv2d(torch.nn.Module):
             if self._source and self.packed_values.dtype != dtype and not self.packed_values.is_meta:
                 # A dtype change rounds Q and W separately: re-derive Q from the converted W so that the
                 # two stay exactly consistent (what a freshly converted model of that dtype holds).
-                self._install(_pack_spatial(self._w_spatial, self.m, self.r, self.points, self.block,
-                                            self.group_k), self._w_spatial)
+                self._install(*_pack_spatial(self._w_spatial, self.m, self.r, self.points, self.block,
+                                             self.group_k))
             else:
                 self._token = array_token(*self._arrays())  # moved or cast: still consistent
         return out
@@ -257,7 +261,7 @@ class SparseWinogradConv2d(torch.nn.Module):
                              f"{weight.dtype}")
         with torch.inference_mode(False):
             w = weight.detach().to(device=self.packed_values.device, dtype=self.packed_values.dtype, copy=True)
-            self._install(_pack_spatial(w, self.m, self.r, self.points, self.block, self.group_k), w)
+            self._install(*_pack_spatial(w, self.m, self.r, self.points, self.block, self.group_k))
 
     @property
     def packed(self) -> PackedWinogradWeight:
@@ -399,11 +403,21 @@ class SparseWinogradConv2d(torch.nn.Module):
 
     # ---- state_dict -------------------------------------------------------------------------
     def _storage(self) -> str:
-        """How the checkpoint holds this layer: ``"spatial"`` (W, when it is the exact source of Q:
-        the dense model's bytes) or ``"packed"`` (values in the layer's dtype + int16/int32 indices
-        + int32 offsets)."""
+        """How the checkpoint holds this layer's weight, the smallest exact form:
+
+        * ``"spatial"``: W (K, C, r, r), when it is the exact source of Q (the dense conv's bytes);
+        * ``"spatial_sparse"``: the same W as a bit mask of its nonzero entries (1 bit each) and
+          those entries, when that is smaller (any W with more than 1 in 8·itemsize zeros);
+        * ``"packed"``: values in the layer's dtype + int16/int32 indices + int32 offsets (a Q with
+          no spatial source: Winograd-domain pruning, or arrays edited after conversion)."""
         self._refresh()
-        return "spatial" if self._source and self._w_spatial is not None else "packed"
+        if not (self._source and self._w_spatial is not None):
+            return "packed"
+        w = self._w_spatial
+        if w.is_meta:
+            return "spatial"
+        sparse_bytes = -(-w.numel() // 8) + int(_kept_entries(w).sum()) * w.element_size()
+        return "spatial_sparse" if sparse_bytes < w.numel() * w.element_size() else "spatial"
 
     def get_extra_state(self) -> dict:
         return {"format": STATE_FORMAT, "storage": self._storage(), "m": self.m, "r": self.r,
@@ -412,8 +426,12 @@ class SparseWinogradConv2d(torch.nn.Module):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self._storage() == "spatial":
+        form = self._storage()
+        if form == "spatial":
             tensors = {_WEIGHT: self._w_spatial}
+        elif form == "spatial_sparse":
+            keep = _kept_entries(self._w_spatial)
+            tensors = dict(zip(_FORMS[form], (_pack_bits(keep), self._w_spatial[keep]), strict=True))
         else:
             tensors = dict(zip(_ARRAYS, self._arrays(), strict=True))
         for name, t in tensors.items():
@@ -448,20 +466,26 @@ class SparseWinogradConv2d(torch.nn.Module):
         # Everything is checked and the new arrays are built before anything of this layer changes:
         # a failed load leaves the layer as it was, and usable.
         where = f"layer {prefix.rstrip('.') or '<root>'}"
-        names = {prefix + k: k for k in (*_ARRAYS, _WEIGHT)}
-        present = {k for key, k in names.items() if key in state_dict}
-        if not present or (present & set(_ARRAYS) and not present >= set(_ARRAYS)):
-            # no weight at all, or an incomplete packed weight: report, and load nothing of this layer
-            wanted = (_WEIGHT,) if not present and self._storage() == "spatial" else _ARRAYS
-            missing_keys.extend(prefix + k for k in wanted if k not in present)
+        names = {prefix + k for keys in _FORMS.values() for k in keys}
+        found = {form: [k for k in keys if prefix + k in state_dict] for form, keys in _FORMS.items()}
+        forms = [form for form, keys in found.items() if keys]
+        if len(forms) > 1:
+            raise ValueError(f"{where}: state_dict holds more than one form of the weight "
+                             f"({', '.join(k for f in forms for k in found[f])}); expected one")
+        wanted = _FORMS[forms[0]] if forms else _FORMS[self._storage()]
+        if not forms or len(found[forms[0]]) < len(wanted):
+            # no weight at all, or an incomplete one: report, and load nothing of this layer
+            missing_keys.extend(prefix + k for k in wanted if prefix + k not in state_dict)
             return
-        if _WEIGHT in present and len(present) > 1:
-            raise ValueError(f"{where}: state_dict holds both a spatial weight and packed arrays; expected one")
+        form = forms[0]
         meta = state_dict.get(prefix + "_extra_state")
         assign = bool(local_metadata.get("assign_to_params_buffers", False))
         with torch.inference_mode(False):
-            if _WEIGHT in present:
+            if form == "spatial":
                 packed, source = self._spatial_from_state(state_dict[prefix + _WEIGHT], meta, where, assign)
+            elif form == "spatial_sparse":
+                w = self._weight_from_bits(*(state_dict[prefix + k] for k in _FORMS[form]), where)
+                packed, source = self._spatial_from_state(w, meta, where, assign)
             else:
                 packed, source = self._packed_from_state(state_dict, prefix, meta, where, assign), None
             bias = state_dict.get(prefix + "bias")
@@ -475,6 +499,22 @@ class SparseWinogradConv2d(torch.nn.Module):
                                       error_msgs)
         if meta is None and prefix + "_extra_state" in missing_keys:
             missing_keys.remove(prefix + "_extra_state")  # a plain conv's weight needs none: this layer's own apply
+
+    def _weight_from_bits(self, bits: object, values: object, where: str) -> torch.Tensor:
+        shape = (self.out_channels, self.in_channels, self.r, self.r)
+        n = math.prod(shape)
+        if (not isinstance(bits, torch.Tensor) or bits.dtype != torch.uint8 or tuple(bits.shape) != (-(-n // 8),)
+                or not isinstance(values, torch.Tensor) or values.dim() != 1 or not values.is_floating_point()):
+            raise ValueError(f"{where}: weight_mask must be uint8 of shape ({-(-n // 8)},) and weight_nonzeros a "
+                             f"1-D floating tensor, got {getattr(bits, 'shape', bits)} / "
+                             f"{getattr(values, 'shape', values)}")
+        keep = _unpack_bits(bits, n)
+        if int(keep.sum()) != values.numel():
+            raise ValueError(f"{where}: weight_mask marks {int(keep.sum())} entries but weight_nonzeros holds "
+                             f"{values.numel()}")
+        w = torch.zeros(n, dtype=values.dtype, device=values.device)
+        w[keep.to(values.device)] = values
+        return w.reshape(shape)
 
     def _target(self, t: torch.Tensor, assign: bool) -> tuple[torch.device, torch.dtype]:
         return (t.device if assign else self.packed_values.device), self.packed_values.dtype
@@ -491,7 +531,7 @@ class SparseWinogradConv2d(torch.nn.Module):
         dev, dtype = self._target(w, assign)
         w = w.detach().to(device=dev, dtype=dtype, copy=not assign)
         try:
-            return _pack_spatial(w, self.m, self.r, self.points, block, group_k), w
+            return _pack_spatial(w, self.m, self.r, self.points, block, group_k)
         except ValueError as e:
             raise ValueError(f"{where}: cannot pack the saved weight: {e}") from e
 
@@ -534,12 +574,32 @@ class SparseWinogradConv2d(torch.nn.Module):
                 f"{chosen}")
 
 
-def _pack_spatial(w: torch.Tensor, m: int, r: int, points, block, group_k: int | None = None) -> PackedWinogradWeight:
-    """Q = G W Gᵀ in float64, cast to W's dtype, packed at ``block``: the one way a spatial weight
-    becomes packed arrays (conversion, load, ``layer.weight = w``), so the same W always gives the
-    same bits."""
+def _kept_entries(w: torch.Tensor) -> torch.Tensor:
+    """Entries a sparse spatial checkpoint stores: the nonzeros (a layer's W holds no -0.0)."""
+    return w != 0
+
+
+def _pack_bits(keep: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as uint8 bytes, 8 entries per byte, least significant bit first."""
+    flat = keep.flatten()
+    flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)]).view(-1, 8).to(torch.int64)
+    return (flat << torch.arange(8, device=flat.device)).sum(dim=1).to(torch.uint8)
+
+
+def _unpack_bits(bits: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`_pack_bits`: the first ``n`` entries, flat."""
+    return ((bits.to(torch.int64).unsqueeze(1) >> torch.arange(8, device=bits.device)) & 1).bool().flatten()[:n]
+
+
+def _pack_spatial(w: torch.Tensor, m: int, r: int, points, block,
+                  group_k: int | None = None) -> tuple[PackedWinogradWeight, torch.Tensor]:
+    """(packed Q, W): Q = G W Gᵀ in float64, cast to W's dtype, packed at ``block``; the one way a
+    spatial weight becomes packed arrays (conversion, load, ``layer.weight = w``), so the same W
+    always gives the same bits. W comes back with -0.0 made +0.0 (masking leaves -0.0; a zero's
+    sign changes no result, and a checkpoint stores only the nonzeros)."""
+    w = w + 0.0
     q = reference.winograd_weight(w, m, points)
-    return _pack_or_pattern(q, block, r, points, w.dtype, group_k)
+    return _pack_or_pattern(q, block, r, points, w.dtype, group_k), w
 
 
 def _pack_or_pattern(q: torch.Tensor, block, r: int, points, dtype: torch.dtype,
@@ -703,7 +763,7 @@ def compact_state_dict(model: torch.nn.Module, values_dtype: torch.dtype = torch
     sd = model.state_dict()
     for name, mod in model.named_modules():
         if isinstance(mod, SparseWinogradConv2d):
-            for attr in (_WEIGHT, "packed_values"):
+            for attr in (_WEIGHT, "weight_nonzeros", "packed_values"):
                 key = f"{name}.{attr}" if name else attr
                 if key in sd:
                     sd[key] = sd[key].to(values_dtype)

@@ -136,11 +136,12 @@ class PackedWinogradWeight:
         """values in ``dtype`` (cached, so repeated forwards do not re-cast)."""
         if dtype == self.values.dtype:
             return self.values
-        key = (dtype, array_token(self.values))
+        token = array_token(self.values)
         hit = self._cast_cache.get(dtype)
-        if hit is None or hit[0] != key:
-            hit = (key, self.values.to(dtype).contiguous())
-            self._cast_cache[dtype] = hit
+        if token is None or hit is None or hit[0] != token:
+            hit = (token, self.values.to(dtype).contiguous())
+            if token is not None:
+                self._cast_cache[dtype] = hit
         return hit[1]
 
     @torch.inference_mode(False)  # cached across calls: must not be an inference tensor (see reference.py)
