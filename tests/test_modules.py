@@ -214,6 +214,13 @@ def test_winograd_pruned_layer_stores_packed_arrays_in_the_model_dtype_and_round
     with torch.no_grad():
         assert torch.equal(b(x), ya)
     assert b[2].spatial_weight() is None and b[2].weight is None  # no exact spatial form
+    # a tritonwino 0.1 checkpoint (format 1: packed arrays, no storage field) still loads
+    old = {k: ({kk: vv for kk, vv in v.items() if kk != "storage"} | {"format": 1}) if k.endswith("_extra_state")
+           else v for k, v in sd.items()}
+    b2 = _converted_pair(kind="spatial")[1]
+    b2.load_state_dict(old)
+    with torch.no_grad():
+        assert torch.equal(b2(x), ya)
     # float64 models keep float64 values
     a64 = convert(_winograd_pruned(0, 0.8, dtype=torch.float64), backend="torch")
     assert a64.state_dict()["2.packed_values"].dtype == torch.float64
