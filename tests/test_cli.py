@@ -261,8 +261,17 @@ def test_tune_saved_model(tmp_path):
     assert proc.returncode != 0 and "state_dict" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_tune_dry_run_without_layers_shows_the_default_plan(tmp_path):
+    proc = run_cli("tune", "--dry-run", cache_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "the plan for the default, --arch resnet18" in proc.stdout
+    assert "dry run:" in proc.stdout and proc.stdout.count("layers.") >= 16
+    proc = run_cli("tune", cache_dir=tmp_path)  # timing needs an explicit choice
+    assert proc.returncode != 0 and "exactly one of --arch, --model or --shapes" in proc.stderr
+    assert "--dry-run alone shows the plan" in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("args, message", [
-    ([], "exactly one of --arch, --model or --shapes"),
     (["--arch", "vgg16", "--shapes", "16:16:8"], "exactly one of"),
     (["--shapes", "16:16"], "C:K:H"),
     (["--shapes", "16:16:8", "--block", "16-1"], "BKxBC"),

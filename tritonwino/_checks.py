@@ -3,6 +3,10 @@ small shape/dtype/layout rules every path applies the same way."""
 
 from __future__ import annotations
 
+import inspect
+import warnings
+from collections.abc import Callable
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -153,9 +157,42 @@ def accum_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _computes_plain_conv2d(conv: torch.nn.Conv2d) -> str | None:
+    """Why ``conv`` might not compute ``F.conv2d(x, conv.weight, conv.bias, ...)`` (None if it
+    provably does): its class (or the instance) overrides ``forward`` / ``_conv_forward`` (weight
+    standardisation, padding inside forward, ...), or a weight_norm / spectral_norm forward
+    pre-hook recomputes the weight on every call. A parametrization (torch.nn.utils.parametrize)
+    is fine: ``conv.weight`` is then the weight the forward uses."""
+    cls = type(conv)
+    for name in ("forward", "_conv_forward"):
+        if getattr(cls, name) is not getattr(torch.nn.Conv2d, name) or name in vars(conv):
+            return (f"{cls.__name__} overrides {name}, so it may compute something other than F.conv2d with its "
+                    "weight (e.g. weight standardisation, padding in forward): left as it is")
+    for hook in conv._forward_pre_hooks.values():
+        if type(hook).__name__ in ("WeightNorm", "SpectralNorm"):
+            return (f"its weight is recomputed by a {type(hook).__name__} forward pre-hook: remove it first "
+                    "(torch.nn.utils.remove_weight_norm / remove_spectral_norm) or use torch.nn.utils.parametrizations")
+    return None
+
+
+def conv_padding(conv: torch.nn.Conv2d) -> tuple[int, int]:
+    """``conv.padding`` as ints: ``"valid"`` is 0 and ``"same"`` is k // 2 (exact for the odd
+    kernels, stride 1 and dilation 1 that Winograd runs)."""
+    if conv.padding == "valid":
+        return 0, 0
+    if conv.padding == "same":
+        kh, kw = conv.kernel_size
+        return kh // 2, kw // 2
+    return pair(tuple(conv.padding), "padding")
+
+
 def conv_ineligible_reason(conv: torch.nn.Conv2d, r: int | None = None) -> str | None:
     """Why an ``nn.Conv2d`` cannot run as a Winograd F(m, r) convolution (None if it can): the one
-    eligibility rule shared by conversion and pruning. ``r`` additionally requires that kernel size."""
+    eligibility rule shared by conversion and pruning. ``r`` additionally requires that kernel size.
+
+    Eligible: an odd square kernel > 1, stride 1, dilation 1, groups 1, zero padding (ints,
+    ``"same"`` or ``"valid"``), and a module that provably computes ``F.conv2d`` with its weight
+    (``nn.Conv2d.forward`` and ``_conv_forward`` not overridden)."""
     kh, kw = conv.kernel_size
     if kh != kw or kh % 2 == 0:
         return f"kernel {kh}x{kw} (needs an odd square kernel)"
@@ -169,9 +206,44 @@ def conv_ineligible_reason(conv: torch.nn.Conv2d, r: int | None = None) -> str |
         return f"dilation {tuple(conv.dilation)}"
     if conv.groups != 1:
         return f"groups={conv.groups}"
-    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-        return f"padding {conv.padding!r} / mode {conv.padding_mode}"
-    return None
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r} (Winograd here pads with zeros)"
+    if isinstance(conv.padding, str) and conv.padding not in ("same", "valid"):
+        return f"padding {conv.padding!r}"
+    if conv.weight.dtype not in FLOAT_DTYPES:
+        return f"weight dtype {conv.weight.dtype}"
+    return _computes_plain_conv2d(conv)
+
+
+_NAME_PARAMS = {"name", "fqn", "n", "layer_name", "qualname", "path", "key"}
+_MODULE_PARAMS = {"module", "mod", "m", "conv", "layer", "submodule"}
+
+
+def module_filter(fn: object, where: str) -> Callable[[torch.nn.Module, str], bool] | None:
+    """``fn`` as a ``filter(module, name) -> bool``: the one argument order of every filter in the
+    library (as torchao's ``filter_fn(module, fqn)``). A filter written for the older
+    ``(name, module)`` order, recognised by its parameter names or annotations (``lambda name,
+    mod: ...``), still works for one release, with a DeprecationWarning."""
+    if fn is None:
+        return None
+    if not callable(fn):
+        raise TypeError(f"{where} must be callable as {where}(module, name) -> bool, got {type(fn).__name__}")
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:2]
+    except (TypeError, ValueError):  # builtins without a signature: take them as (module, name)
+        params = []
+    if len(params) == 2:
+        first, second = params
+        ann = str(first.annotation)
+        old = (first.name in _NAME_PARAMS or ann in ("str", "<class 'str'>")
+               or (second.name in _MODULE_PARAMS and first.name not in _MODULE_PARAMS))
+        if old:
+            warnings.warn(f"{where}({first.name}, {second.name}): filters now take (module, name), as torchao's "
+                          f"filter_fn(module, fqn); the (name, module) order is accepted until the next release",
+                          DeprecationWarning, stacklevel=3)
+            return lambda module, name: bool(fn(name, module))
+    return lambda module, name: bool(fn(module, name))
 
 
 BACKENDS = ("auto", "triton", "torch")

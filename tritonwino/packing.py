@@ -27,8 +27,8 @@ import torch
 from . import _checks
 from .transforms import normalize_points
 
-__all__ = ["PackedWinogradWeight", "SUPPORTED_GROUP_K", "check_kernel_block", "index_dtype", "pack_winograd_weight",
-           "packed_from_arrays"]
+__all__ = ["PackedWinogradWeight", "SUPPORTED_GROUP_K", "array_token", "check_kernel_block", "index_dtype",
+           "pack_winograd_weight", "packed_from_arrays"]
 
 # Output-channel group sizes the sparse kernel can run: tl.dot needs >= 16 rows on tensor cores.
 SUPPORTED_GROUP_K = (16, 32, 64)
@@ -39,6 +39,18 @@ def index_dtype(channels: int) -> torch.dtype:
     """Smallest index dtype the kernels accept for ``channels`` input channels."""
     return torch.int16 if channels <= INT16_MAX_CHANNELS else torch.int32
 DEFAULT_ELEMENT_GROUP_K = 16
+
+
+def array_token(*tensors: torch.Tensor) -> tuple | None:
+    """What PyTorch can tell about the contents of ``tensors`` without reading them: version
+    counter (bumped by every in-place op), storage pointer, shape and strides (``t.data = other``
+    changes these without a version bump). Equal tokens mean unchanged contents, except for writes
+    through ``t.data[...]``, which PyTorch never records. None for inference tensors (no version
+    counter): never cache anything derived from them."""
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple((t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device)
+                 for t in tensors)
 
 
 @dataclass
@@ -100,9 +112,23 @@ class PackedWinogradWeight:
         return _points_of(self.m, self.r, tuple(self.points))
 
     # ---- conversions --------------------------------------------------------------------------
-    def to(self, device=None, dtype: torch.dtype | None = None) -> PackedWinogradWeight:
+    def to(self, *args, **kwargs) -> PackedWinogradWeight:
+        """Move and/or cast like ``Tensor.to``: ``p.to("cuda")``, ``p.to(torch.float16)``,
+        ``p.to("cuda", torch.float16)``, ``p.to(device=..., dtype=...)`` or ``p.to(other_tensor)``.
+        The dtype applies to the values only (indices and offsets keep their integer types).
+
+        Example:
+            >>> from tritonwino import reference
+            >>> p = pack_winograd_weight(reference.winograd_weight(torch.randn(16, 4, 3, 3), 4).float())
+            >>> p.to(torch.float16).values.dtype, p.to(torch.float16).indices.dtype
+            (torch.float16, torch.int16)
+        """
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"packed values must stay floating, got dtype={dtype}")
         return PackedWinogradWeight(
-            self.values.to(device=device, dtype=dtype), self.indices.to(device), self.offsets.to(device),
+            self.values.to(device=device, dtype=dtype, non_blocking=non_blocking),
+            self.indices.to(device, non_blocking=non_blocking), self.offsets.to(device, non_blocking=non_blocking),
             self.m, self.r, self.K, self.C, self.block, self.group_k, self.points,
         )
 
@@ -112,36 +138,54 @@ class PackedWinogradWeight:
         if dtype == self.values.dtype and self.values.is_contiguous():
             return self.values
         # the kernels read values as a dense (nnz, group_k) array: never hand them other strides
-        key = (dtype, self.values.device, self.values.data_ptr(), self.values._version, self.values.stride())
+        token = array_token(self.values)
         hit = self._cast_cache.get(dtype)
-        if hit is None or hit[0] != key:
-            hit = (key, self.values.to(dtype).contiguous())
-            self._cast_cache[dtype] = hit
+        if token is None or hit is None or hit[0] != token:
+            hit = (token, self.values.to(dtype).contiguous())
+            if token is not None:
+                self._cast_cache[dtype] = hit
         return hit[1]
 
     @torch.inference_mode(False)  # cached across calls: must not be an inference tensor (see reference.py)
     def padded_slabs(self, operand: torch.dtype, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """For the torch path: (idx (P·G, L), vals (P·G, L, group_k)) padded to the longest list,
         padding pointing at channel C (a zero row the torch path appends to V). Values are rounded
-        to ``operand`` (what a kernel would read) and held in ``dtype``. Cached."""
-        key = ("padded", operand, dtype)
-        hit = self._cast_cache.get(key)
-        if hit is not None and hit[0] == (self.values.data_ptr(), self.values._version):
-            return hit[1]
-        pg = self.P * self.G
-        dev = self.values.device
-        counts = (self.offsets[1:] - self.offsets[:-1]).long()
-        longest = int(counts.max()) if counts.numel() else 0
-        idx = torch.full((pg, longest), self.C, dtype=torch.long, device=dev)
-        vals = torch.zeros((pg, longest, self.group_k), dtype=dtype, device=dev)
-        if self.nnz_channels:
+        to ``operand`` (what a kernel would read) and held in ``dtype``.
+
+        Cached per state of the arrays (``array_token``: an in-place edit of the indices, offsets
+        or values rebuilds them). When autograd records the values (``values.requires_grad``
+        under grad mode) the slab is rebuilt differentiably on every call, never cached: a cached
+        slab would carry the first call's graph into the next backward."""
+        layout_key = array_token(self.indices, self.offsets)
+        cacheable = layout_key is not None
+        hit = self._cast_cache.get("layout")
+        if hit is not None and cacheable and hit[0] == layout_key:
+            idx, grp, slot = hit[1]
+        else:
+            pg = self.P * self.G
+            dev = self.values.device
+            counts = (self.offsets[1:] - self.offsets[:-1]).long()
+            longest = int(counts.max()) if counts.numel() else 0
+            idx = torch.full((pg, longest), self.C, dtype=torch.long, device=dev)
             grp = torch.repeat_interleave(torch.arange(pg, device=dev), counts)
             slot = torch.arange(self.nnz_channels, device=dev) - self.offsets[:-1].long()[grp]
-            idx[grp, slot] = self.indices.long()
-            vals[grp, slot] = self.values.to(operand).to(dtype)
-        out = (idx, vals)
-        self._cast_cache[key] = ((self.values.data_ptr(), self.values._version), out)
-        return out
+            if self.nnz_channels:
+                idx[grp, slot] = self.indices.long()
+            if cacheable:
+                self._cast_cache["layout"] = (layout_key, (idx, grp, slot))
+        differentiable = torch.is_grad_enabled() and self.values.requires_grad
+        key = ("padded", operand, dtype)
+        values_key = None if differentiable else array_token(self.values)
+        cacheable = cacheable and values_key is not None
+        hit = self._cast_cache.get(key)
+        if cacheable and hit is not None and hit[0] == (layout_key, values_key):
+            return idx, hit[1]
+        vals = torch.zeros((idx.shape[0], idx.shape[1], self.group_k), dtype=dtype, device=self.values.device)
+        if self.nnz_channels:
+            vals = vals.index_put((grp, slot), self.values.to(operand).to(dtype))
+        if cacheable:
+            self._cast_cache[key] = ((layout_key, values_key), vals)
+        return idx, vals
 
     def unpack(self) -> torch.Tensor:
         """The dense Winograd-domain weight (K, C, n, n), exactly as packed."""
@@ -261,6 +305,10 @@ def check_kernel_block(block: object) -> tuple[int, int]:
     return bk, bc
 
 
+# Outside inference mode even when called inside it: the arrays outlive the call, and inference
+# tensors have no version counter, so no cache could ever trust them (a layer packed under
+# torch.inference_mode() must still run outside it).
+@torch.inference_mode(False)
 def pack_winograd_weight(
     q: torch.Tensor,
     block: Sequence[int] = (16, 1),
@@ -375,13 +423,6 @@ def _forget(registry: dict, key: int, ref: weakref.ref) -> None:
         del registry[key]
 
 
-def _array_state(t: torch.Tensor) -> tuple:
-    # Version counters see every in-place edit autograd sees; data_ptr/shape/stride/dtype/device also
-    # catch a storage swapped in through ``.data = ...``. An in-place edit through ``.data`` or a
-    # NumPy view bumps no counter: call ``validate()`` after such an edit.
-    return (t._version, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device)
-
-
 def packed_from_arrays(values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, m: int, r: int,
                        k: int, c: int, block: tuple[int, int], group_k: int,
                        points: tuple[str, ...]) -> PackedWinogradWeight:
@@ -391,16 +432,19 @@ def packed_from_arrays(values: torch.Tensor, indices: torch.Tensor, offsets: tor
     for name, t in (("values", values), ("indices", indices), ("offsets", offsets)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"packed weight: {name} must be a torch.Tensor, got {type(t).__name__}")
-    state = tuple(_array_state(t) for t in (values, indices, offsets))
+    versions = array_token(values, indices, offsets)
     key = id(values)
     entry = _REGISTRY.get(key)
-    if (entry is not None and entry[0]() is values and entry[1]() is indices and entry[2]() is offsets
-            and entry[3] == state and entry[4] == meta):
+    if (versions is not None and entry is not None and entry[0]() is values and entry[1]() is indices
+            and entry[2]() is offsets and entry[3] == versions and entry[4] == meta):
+        # a fresh object sharing the caches: the registry must not keep the arrays alive
         return PackedWinogradWeight(values, indices, offsets, *meta, _cast_cache=entry[5])
     packed = PackedWinogradWeight(values, indices, offsets, *meta)
     packed.validate()
+    if versions is None:  # inference tensors: validated on every call, never cached
+        return packed
     vref = weakref.ref(values, lambda ref, key=key, reg=_REGISTRY: _forget(reg, key, ref))
-    _REGISTRY[key] = (vref, weakref.ref(indices), weakref.ref(offsets), state, meta, packed._cast_cache)
+    _REGISTRY[key] = (vref, weakref.ref(indices), weakref.ref(offsets), versions, meta, packed._cast_cache)
     return packed
 
 

@@ -7,7 +7,7 @@ write the fastest into the tuning cache of this GPU and Triton version (see `tri
 its path; $TRITONWINO_CACHE_DIR moves it). Layers that share a tuning key are tuned once. Later
 runs of the model, in any process, read the cache instead of re-timing.
 
-Which layers (pick one):
+Which layers (pick one; with --dry-run and none given, the plan for --arch resnet18):
   --arch resnet18|vgg16|small-vgg  a built-in architecture with random Winograd-domain masks of
                                    --sparsity at the --block granularity and --tile
   --model PATH                     a torch.save()d whole model: its SparseWinogradConv2d layers
@@ -25,6 +25,7 @@ Examples:
   tritonwino tune --arch resnet18 --sparsity 0.8 --block 16x1 --tile 4 --batch 1 8 32
   tritonwino tune --model pruned_converted.pt --input-size 32 --batch 8 --out tune-results/
   tritonwino tune --shapes 64:64:56 128:128:28 --dry-run
+  tritonwino tune --dry-run                 # the default plan (resnet18), nothing timed
 """
 
 from __future__ import annotations
@@ -255,11 +256,21 @@ def time_cpu_job(job: Job, dtype: torch.dtype, reps: int) -> dict:
 # the command
 # --------------------------------------------------------------------------------------------
 
+DEFAULT_DRY_RUN_ARCH = "resnet18"
+
+
 def _check_args(args: argparse.Namespace) -> None:
     chosen = [name for name in ("arch", "model", "shapes") if getattr(args, name)]
+    if not chosen and args.dry_run:
+        # a plan costs nothing: show the default one rather than an error
+        args.arch = DEFAULT_DRY_RUN_ARCH
+        print(f"no --arch, --model or --shapes given: the plan for the default, --arch {DEFAULT_DRY_RUN_ARCH} "
+              f"(sparsity {args.sparsity:g}, block {args.block}, F({args.tile},3))")
+        return _check_args(args)
     if len(chosen) != 1:
         raise SystemExit("tritonwino tune: give exactly one of --arch, --model or --shapes"
-                         + (f" (got {', '.join('--' + c for c in chosen)})" if chosen else ""))
+                         + (f" (got {', '.join('--' + c for c in chosen)})" if chosen else
+                            f" (--dry-run alone shows the plan for --arch {DEFAULT_DRY_RUN_ARCH})"))
     if not 0.0 <= args.sparsity < 1.0:
         raise SystemExit(f"tritonwino tune: --sparsity must be in [0, 1), got {args.sparsity}")
     if args.tile < 1:

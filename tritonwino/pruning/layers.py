@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import _checks
+from ..modules import SparseWinogradConv2d
 from ..packing import PackedWinogradWeight, pack_winograd_weight
 from ..reference import winograd_conv2d_q
 from ..transforms import normalize_points, tile_size
@@ -109,7 +110,7 @@ class WinogradConv2d(nn.Module):
         if reason:
             raise ValueError(f"cannot convert {conv}: {reason}")
         k, c, r, _ = conv.weight.shape
-        layer = cls(c, k, r, conv.padding, conv.bias is not None, m, points,
+        layer = cls(c, k, r, _checks.conv_padding(conv), conv.bias is not None, m, points,
                     dtype=conv.weight.dtype, device=conv.weight.device)
         w = conv.weight.detach()
         if spatial_mask is None:
@@ -149,7 +150,13 @@ class WinogradConv2d(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return winograd_conv2d_q(x, self.q, self.bias, self.padding, self.m, self.r, self.points)
+        # Q ⊙ mask, not Q: the mask holds whatever loop trains the layer (a plain optimizer.step()
+        # regrows pruned entries of q; they never reach the output, the metric or the packed weight).
+        return winograd_conv2d_q(x, self.masked_q(), self.bias, self.padding, self.m, self.r, self.points)
+
+    def masked_q(self) -> torch.Tensor:
+        """``Q ⊙ mask``: the weight the layer computes with (differentiable in ``q``)."""
+        return self.q * self.mask.to(self.q.dtype)
 
     # -- pruning support ----------------------------------------------------------------------
     @torch.no_grad()
@@ -165,17 +172,18 @@ class WinogradConv2d(nn.Module):
         return WinogradWeight(q, self.m, self.r, self.points, b, self.padding)
 
     @torch.no_grad()
-    def to_packed(self, block: Sequence[int] = (16, 1), dtype: torch.dtype = torch.float32) -> PackedWinogradWeight:
-        """The packed weight of ``q ⊙ mask`` at granularity ``block`` (what ``convert`` and
-        ``SparseWinogradConv2d.from_conv2d`` build from this layer; the layer is not modified).
+    def to_packed(self, block: Sequence[int] = (16, 1), dtype: torch.dtype | None = None) -> PackedWinogradWeight:
+        """The packed weight of ``q ⊙ mask`` at granularity ``block``, values in ``dtype`` (default:
+        the layer's dtype). What ``convert`` and ``SparseWinogradConv2d.from_conv2d`` build from this
+        layer; the layer is not modified.
 
         Example:
             >>> layer = WinogradConv2d(8, 16, 3, padding=1)
             >>> layer.to_packed((16, 1)).density
             1.0
         """
-        q = self.q.detach() * self.mask.to(self.q.dtype)
-        return pack_winograd_weight(q, block, r=self.r, points=self.points, dtype=dtype)
+        return pack_winograd_weight(self.masked_q().detach(), block, r=self.r, points=self.points,
+                                    dtype=dtype or self.q.dtype)
 
     def spatial_mask_of(self) -> torch.Tensor:
         raise ValueError(
@@ -208,10 +216,11 @@ class WinogradConv2d(nn.Module):
 
 
 def eligible_convs(model: nn.Module, r: int | None = None, kinds: tuple = (nn.Conv2d,)) -> dict[str, nn.Module]:
-    """Named modules of type ``kinds`` that a Winograd F(m, r) can run (in module order)."""
+    """Named modules of type ``kinds`` (``nn.Conv2d``, ``WinogradConv2d``, converted
+    ``SparseWinogradConv2d``) that a Winograd F(m, r) can run (in module order)."""
     out = {}
     for name, mod in model.named_modules():
-        if isinstance(mod, WinogradConv2d) and WinogradConv2d in kinds:
+        if isinstance(mod, WinogradConv2d | SparseWinogradConv2d) and type(mod) in kinds:
             if r is None or mod.r == r:
                 out[name] = mod
         elif isinstance(mod, nn.Conv2d) and nn.Conv2d in kinds and _checks.conv_ineligible_reason(mod, r) is None:
@@ -224,19 +233,22 @@ def convert_to_winograd(
     m: int = 4,
     points: Sequence[object] | None = None,
     r: int = 3,
-    filter_fn: Callable[[str, nn.Conv2d], bool] | None = None,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
 ) -> dict[str, WinogradConv2d]:
     """Swap every eligible r×r ``nn.Conv2d`` of ``model`` (in place) for a ``WinogradConv2d``.
 
     Spatial masks attached by :class:`SpatialPruner` carry over as exact zeros of Q. Returns the
-    new layers by name. ``filter_fn(name, conv)`` may exclude layers.
+    new layers by name. ``filter_fn(module, name) -> bool`` may exclude layers (the argument order
+    of ``tritonwino.sparse_conv.convert``; a ``(name, module)`` filter still works, with a
+    DeprecationWarning, until the next release).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    keep = _checks.module_filter(filter_fn, "filter_fn")
     convs = eligible_convs(model, r)
     out = {}
     for name, conv in convs.items():
-        if filter_fn is not None and not filter_fn(name, conv):
+        if keep is not None and not keep(conv, name):
             continue
         layer = WinogradConv2d.from_conv2d(conv, m=m, points=points)
         model.set_submodule(name, layer)
@@ -261,7 +273,7 @@ def winograd_sparsity(
     if isinstance(weight_or_q, WinogradConv2d):
         if weight_or_q.m != m:
             raise ValueError(f"layer was built for F({weight_or_q.m},{weight_or_q.r}) but m={m} was given")
-        q = weight_or_q.q.detach()
+        q = weight_or_q.masked_q().detach()
         return float((q == 0).sum()) / q.numel()
     if isinstance(weight_or_q, nn.Conv2d):
         weight_or_q = weight_or_q.weight
