@@ -1,7 +1,7 @@
 """AdderNet layer ``Y[n,k,i,j] = -Σ_{c,u,v} |X[n,c,i+u-ph,j+v-pw] - W[k,c,u,v]| (+ bias)`` in one kernel.
 
 There is no product to hand to ``tl.dot``: each program owns a BLOCK_P × BLOCK_K tile of
-(output pixel, output channel) pairs and, for every kernel offset (u, v) (unrolled) and every
+(output pixel, output channel) pairs and, for every kernel offset (u, v) and every
 chunk of BLOCK_C input channels, gathers the shifted input pixels (BLOCK_P × BLOCK_C, masked:
 zero padding and partial blocks), loads the matching filter taps (BLOCK_C × BLOCK_K), and adds
 ``Σ_c |x - w|`` of the broadcast (BLOCK_P × BLOCK_C × BLOCK_K) block into an fp32 accumulator.
@@ -51,20 +51,22 @@ def _adder_conv_kernel(
     w_k = k.to(tl.int64)[None, :] * (C * KH * KW)
 
     acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=tl.float32)
-    for u in tl.static_range(KH):
-        for v in tl.static_range(KW):
-            ih = oh - PAD_H + u
-            iw = ow - PAD_W + v
-            in_mask = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x_pix = img.to(tl.int64) * stride_xn + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw
-            for c0 in range(0, C, BLOCK_C):
-                cc = c0 + cr
-                c_mask = cc < C
-                xv = tl.load(x_ptr + x_pix[:, None] + cc.to(tl.int64)[None, :] * stride_xc,
-                             mask=in_mask[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
-                wv = tl.load(w_ptr + w_k + (cc * (KH * KW) + u * KW + v)[:, None],
-                             mask=c_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
-                acc += tl.sum(tl.abs(xv[:, :, None] - wv[None, :, :]), axis=1)
+    # A runtime loop over the kernel taps: unrolling them (tl.static_range) spilled for 5x5 kernels.
+    for uv in range(0, KH * KW):
+        u = uv // KW
+        v = uv % KW
+        ih = oh - PAD_H + u
+        iw = ow - PAD_W + v
+        in_mask = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_pix = img.to(tl.int64) * stride_xn + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw
+        for c0 in range(0, C, BLOCK_C):
+            cc = c0 + cr
+            c_mask = cc < C
+            xv = tl.load(x_ptr + x_pix[:, None] + cc.to(tl.int64)[None, :] * stride_xc,
+                         mask=in_mask[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+            wv = tl.load(w_ptr + w_k + (cc * (KH * KW) + uv)[:, None],
+                         mask=c_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
+            acc += tl.sum(tl.abs(xv[:, :, None] - wv[None, :, :]), axis=1)
 
     y = -acc
     if HAS_BIAS:
