@@ -300,6 +300,14 @@ def test_auto_backend_on_cpu_is_the_torch_path():
     assert torch.equal(winograd_adder_conv2d(x, wt, b, 1), winograd_adder_conv2d(x, wt, b, 1, backend="torch"))
 
 
+@pytest.mark.kernels
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_empty_batch(backend, device):
+    x, wt, b = make(0, 3, 4, 6, 6, 3, torch.float32, device)
+    assert adder_conv2d(x, wt, b, 1, backend=backend).shape == (0, 4, 6, 6)
+    assert winograd_adder_conv2d(x, wt, b, 1, backend=backend).shape == (0, 4, 6, 6)
+
+
 def test_bad_input_gives_clear_errors():
     x, wt, b = make(1, 3, 4, 6, 6, 3, torch.float32, "cpu")
     cases = [

@@ -251,7 +251,7 @@ def _adder_torch(x, weight, bias, padding, p):
     wf = weight.to(x.dtype).to(acc).reshape(1, k, c * kh * kw)
     out = _NegDistance.apply(a, wf, p).reshape(nb, ho, wo, k).permute(0, 3, 1, 2)
     if bias is not None:
-        out = out + bias.to(acc).view(1, k, 1, 1)
+        out = out + bias.to(x.dtype).to(acc).view(1, k, 1, 1)  # rounded like the kernel's bias
     return _like_input(out, x)
 
 
@@ -297,7 +297,7 @@ def _winograd_adder_torch(x, weight, bias, padding, m, kind, p):
     y = y.reshape(nb, th, tw, k, m, m).permute(0, 3, 1, 4, 2, 5).reshape(nb, k, th * m, tw * m)
     y = y[:, :, :ho, :wo]
     if bias is not None:
-        y = y + bias.to(acc).view(1, k, 1, 1)
+        y = y + bias.to(x.dtype).to(acc).view(1, k, 1, 1)  # rounded like the kernel's bias
     return _like_input(y, x)
 
 
