@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tritonwino.adder_experiment import VARIANTS, Settings, run_experiment, write_outputs
+from tritonwino.experiments.adder import VARIANTS, Settings, run_experiment, write_outputs
 
 HERE = Path(__file__).resolve().parent
 

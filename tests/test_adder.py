@@ -477,7 +477,7 @@ def test_l2_to_l1_schedule():
 
 
 def test_count_ops_by_hand():
-    from tritonwino.adder_experiment import count_ops, make_model, tile_imbalance
+    from tritonwino.experiments.adder import count_ops, make_model, tile_imbalance
 
     ops = {name: count_ops(make_model(name, (4, 6, 8)), (1, 28, 28))
            for name in ("cnn", "addernet", "wino-balanced", "wino-standard")}
@@ -498,8 +498,8 @@ def test_count_ops_by_hand():
 
 @pytest.mark.slow
 def test_experiment_runs_and_resumes(tmp_path):
-    from tritonwino.adder_experiment import Settings, run_experiment, write_outputs
-    from tritonwino.data import fashion_mnist_available
+    from tritonwino.experiments.adder import Settings, run_experiment, write_outputs
+    from tritonwino.experiments.data import fashion_mnist_available
 
     if not fashion_mnist_available():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")

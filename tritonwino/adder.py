@@ -41,6 +41,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _checks
+from ._triton_path import INDEX_LIMIT, check_index_range, check_triton_dtype
+from .functional import resolve_backend
 from .transforms import tile_size, winograd_matrices
 
 __all__ = [
@@ -55,7 +57,6 @@ __all__ = [
 ]
 
 ADDER_MATRICES = ("balanced", "standard")
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Elements of one (rows × cols × E) block of the input-gradient computation: 1 MB in fp32 stays in
 # cache; measured 3x faster than 16 MB blocks on one CPU thread (0.09 s vs 0.29 s for 115M terms).
 _GRAD_CHUNK_ELEMS = 1 << 18
@@ -159,22 +160,18 @@ def _check_common(x, weight, bias, padding, backend, p) -> tuple[tuple[int, int]
 
 
 def _resolve_backend(backend: str, x: torch.Tensor, p: float, *params: torch.Tensor | None) -> str:
-    # Same policy as the convolution API: the kernels have no backward, so "auto" trains on the
-    # torch path and "triton" refuses instead of returning a result without a gradient.
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params))
-    if backend == "auto":
-        return "triton" if x.is_cuda and not needs_grad and p == 1.0 else "torch"
-    if backend == "triton":
-        if needs_grad:
-            raise RuntimeError("backend='triton' is inference-only (no backward): run under torch.no_grad() / "
-                               "inference_mode, or use backend='torch' (or 'auto') to train")
+    # The library's policy (functional.resolve_backend: the kernels have no backward, so "auto"
+    # trains on the torch path and "triton" refuses to), plus what only the kernels lack here:
+    # p != 1 and float64.
+    be = resolve_backend(backend, x, *params)
+    if backend == "auto" and p != 1.0:
+        return "torch"
+    if be == "triton":
         if p != 1.0:
             raise ValueError(f"backend='triton' computes the ℓ1 layer only (p=1), got p={p}; the ℓ2→ℓ1 "
                              "schedule is a training-time setting: use backend='torch'")
-        if x.dtype not in _TRITON_DTYPES:
-            raise TypeError(f"backend='triton' supports float32, float16 and bfloat16 inputs, got {x.dtype}; "
-                            "use backend='torch' for float64")
-    return backend
+        check_triton_dtype(x.dtype)
+    return be
 
 
 # ------------------------------------------------------------------------------------------------
@@ -256,9 +253,7 @@ def _adder_torch(x, weight, bias, padding, p):
 
 
 def _like_input(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return out.to(dtype=x.dtype, memory_format=fmt)
+    return out.to(dtype=x.dtype, memory_format=_checks.memory_format_of(x))
 
 
 def _tiles(h: int, w: int, r: int, m: int, padding: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -308,6 +303,11 @@ def _winograd_adder_torch(x, weight, bias, padding, m, kind, p):
 def _adder_triton(x, weight, bias, padding):
     from .kernels.adder_conv import adder_conv
 
+    k, _, kh, kw = weight.shape
+    out = x.shape[0] * k * (x.shape[2] + 2 * padding[0] - kh + 1) * (x.shape[3] + 2 * padding[1] - kw + 1)
+    if max(x.numel(), out, weight.numel()) >= INDEX_LIMIT:
+        raise ValueError(f"the Triton path does not support tensors of {INDEX_LIMIT} or more elements (input "
+                         f"{tuple(x.shape)}, output {out} elements): split the batch or use backend='torch'")
     return adder_conv(x, weight.to(x.dtype).contiguous(), None if bias is None else bias.to(x.dtype), padding)
 
 
@@ -336,19 +336,15 @@ def _winograd_adder_triton(x, weight, bias, padding, m, kind):
     k, _, r, _ = weight.shape
     n = tile_size(m, r)
     ho, wo, th, tw = _tiles(h, w_in, r, m, padding)
+    check_index_range(x, k, c, m, r, padding)
     opd = _checks.operand_dtype(x.dtype)
     kb, ka = _kron_padded(m, r, kind, x.device)
     v = input_transform(x, kb, n, m, padding, (th, tw), opd)  # (P, C, T)
     u = winograd_adder_weight(weight.detach().to(x.dtype), m, kind)  # float64, cast once
     u = u.permute(2, 3, 1, 0).reshape(n * n, c, k).to(opd).contiguous()  # (P, C, K)
     mm = winograd_adder_domain(v, u)  # (P, K, T) fp32
-    y = torch.empty((nb, k, ho, wo), device=x.device, dtype=x.dtype,
-                    memory_format=torch.channels_last if _is_channels_last(x) else torch.contiguous_format)
+    y = _checks.empty_output(x, k, ho, wo)
     return output_transform(mm, ka, None if bias is None else bias.to(x.dtype), y, m, (th, tw))
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ classifier stay multiplication-based, as in AdderNet; the two middle 3×3 layers
 BatchNorm, ReLU and 2×2 max-pooling. ``count_ops`` counts additions and multiplications per image;
 ``run_experiment`` trains every variant (resumable from per-run checkpoints) and writes result
 rows. Used by ``bench/adder_fashion_mnist.py``.
+
+The loop is this module's own, not ``experiments.training.train``: a run checkpoints and resumes
+per epoch (model, optimizer momentum and schedule position) and evaluates after every epoch,
+and ``train`` builds its optimizer inside each call.
 """
 
 from __future__ import annotations
@@ -23,16 +27,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+from tqdm import tqdm
 
-from .adder import AdderConv2d, WinogradAdderConv2d, l2_to_l1_p, set_adder_p, winograd_adder_matrices
+from ..adder import AdderConv2d, WinogradAdderConv2d, l2_to_l1_p, set_adder_p, winograd_adder_matrices
+from ..env import environment
+from ..tables import markdown_table
+from .data import load_dataset
+from .rows import write_rows
+from .training import accuracy
 
-try:
-    from tqdm import tqdm
-except ImportError:  # pragma: no cover - tqdm is a dependency; keep the loop usable without it
-    def tqdm(x, **_):
-        return x
-
-__all__ = ["VARIANTS", "Variant", "make_model", "count_ops", "tile_imbalance", "run_experiment"]
+__all__ = ["VARIANTS", "Settings", "Variant", "count_ops", "make_model", "plot_results", "run_experiment",
+           "tile_imbalance", "write_outputs"]
 
 
 @dataclass(frozen=True)
@@ -200,18 +206,6 @@ class Settings:
     extra: dict = field(default_factory=dict)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
-    """(accuracy in %, mean cross-entropy) of ``model`` on (x, y)."""
-    model.eval()
-    correct, loss = 0, 0.0
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            out = model(x[i:i + batch_size])
-            loss += float(F.cross_entropy(out, y[i:i + batch_size], reduction="sum"))
-            correct += int((out.argmax(1) == y[i:i + batch_size]).sum())
-    return 100.0 * correct / max(1, len(x)), loss / max(1, len(x))
-
-
 def _lr_at(step: int, total: int, base: float) -> float:
     # AdderNet's schedule ([code] huawei-noah/AdderNet main.py): cosine from base to 0.
     return 0.5 * base * (1 + math.cos(math.pi * step / total))
@@ -258,11 +252,10 @@ def train_variant(variant: Variant, data: tuple, settings: Settings, ckpt: Path,
                 bar.set_postfix(loss=f"{run_loss / (i + 1):.3f}")
         if variant.l2_to_l1:
             set_adder_p(model, l2_to_l1_p((epoch + 1) / settings.epochs, 0.0, settings.l2_to_l1_end))
-        acc, test_loss = evaluate(model, xte, yte)
+        acc = round(100.0 * accuracy(model, TensorDataset(xte, yte)), 4)
         state["cpu_seconds"] += time.process_time() - t0
         state["epoch"] = epoch + 1
-        state["history"].append({"epoch": epoch + 1, "train_loss": run_loss / steps_per_epoch,
-                                 "test_acc": acc, "test_loss": test_loss})
+        state["history"].append({"epoch": epoch + 1, "train_loss": run_loss / steps_per_epoch, "test_acc": acc})
         print(f"{variant.name}: epoch {epoch + 1} train loss {run_loss / steps_per_epoch:.4f} "
               f"test acc {acc:.2f}% ({state['cpu_seconds']:.0f} CPU s so far)", file=sys.stderr, flush=True)
         tmp = ckpt.with_suffix(".tmp")
@@ -286,9 +279,6 @@ def run_experiment(out_dir: str | Path, variants: Sequence[str], settings: Setti
 
     Finished rows are kept in ``out_dir/rows.jsonl``; checkpoints in ``out_dir/<variant>.pt``.
     """
-    from .data import load_dataset
-    from .info import collect
-
     torch.set_num_threads(settings.threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -301,18 +291,14 @@ def run_experiment(out_dir: str | Path, variants: Sequence[str], settings: Setti
                 done[r["variant"]] = r
     tr, te, _info = load_dataset("fashion-mnist", train_limit=settings.train_limit, test_limit=settings.test_limit)
     data = (*tr.tensors, *te.tensors)
-    env = collect()
     for name in variants:
         if name in done:
             print(f"{name}: done before ({done[name]['test_acc']:.2f}%), skipped", file=sys.stderr)
             continue
         row = train_variant(VARIANTS[name], data, settings, out / f"{name}.pt", progress)
-        row.update({
-            "settings": _settings_key(settings), "threads": settings.threads, "device": "cpu",
-            "cpu_model": env["device"]["cpu_model"], "torch": env["versions"]["torch"],
-            "triton": env["versions"]["triton"], "tritonwino": env["versions"]["tritonwino"],
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "train_size": len(data[0]), "test_size": len(data[2]),
-        })
+        env = environment("cpu")
+        row.update({"settings": _settings_key(settings), "train_size": len(data[0]), "test_size": len(data[2]),
+                    **{key: env[key] for key in ENV_KEYS}})
         with rows_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         done[name] = row
@@ -328,23 +314,31 @@ def _settings_key(settings: Settings) -> dict:
 # ------------------------------------------------------------------------------------------------
 # output files
 
+ENV_KEYS = ("device", "threads", "torch", "triton", "tritonwino", "timestamp")
 COLUMNS = ("variant", "layer", "matrices", "l2_to_l1", "test_acc", "best_acc", "train_loss", "adds_per_image",
-           "mults_per_image", "tile_imbalance", "cpu_seconds", "threads", "device", "cpu_model", "torch", "triton",
-           "tritonwino", "timestamp", "train_size", "test_size")
+           "mults_per_image", "tile_imbalance", "cpu_seconds", "epochs", "batch_size", "lr", "eta", "l2_to_l1_end",
+           "widths", "seed", "train_size", "test_size", *ENV_KEYS)
 
 
 def write_outputs(rows: list[dict], stem: str | Path, settings: Settings) -> list[Path]:
-    """``stem``.csv (one row per variant), .md (table + settings) and .png (curves + op counts)."""
+    """``stem``.csv/.json (one row per variant), ``stem``_epochs.csv/.json (one row per variant and
+    epoch), ``stem``.md (table + settings) and ``stem``.png (``plot_results`` of the two CSVs)."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    with stem.with_suffix(".csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*COLUMNS, "epochs", "batch_size", "lr", "eta", "widths", "seed"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({**{c: r.get(c) for c in COLUMNS}, "epochs": settings.epochs, "batch_size": settings.batch_size,
-                        "lr": settings.lr, "eta": settings.eta, "widths": "-".join(map(str, settings.widths)),
-                        "seed": settings.seed})
+    run = {"epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr, "eta": settings.eta,
+           "l2_to_l1_end": settings.l2_to_l1_end, "widths": "-".join(map(str, settings.widths)),
+           "seed": settings.seed}
+    summary = [{c: {**r, **run}.get(c) for c in COLUMNS} for r in rows]
+    epochs = [{"variant": r["variant"], **h} for r in rows for h in r["history"]]
+    paths = [*write_rows(summary, stem.parent, stem.name), *write_rows(epochs, stem.parent, stem.name + "_epochs")]
     cnn = next((r for r in rows if r["layer"] == "conv"), None)
+    table = [{
+        "variant": r["variant"], "matrices": r["matrices"], "ℓ2→ℓ1": "yes" if r["l2_to_l1"] else "no",
+        "test acc %": f"{r['test_acc']:.2f}", "Δ vs CNN": f"{r['test_acc'] - cnn['test_acc']:+.2f}" if cnn else "",
+        "best %": f"{r['best_acc']:.2f}", "adds/image": f"{r['adds_per_image']:,}",
+        "mults/image": f"{r['mults_per_image']:,}",
+        "tile imbalance": "" if r["tile_imbalance"] is None else f"{r['tile_imbalance']:.3f}",
+        "CPU s": f"{r['cpu_seconds']:.0f}",
+    } for r in rows]
     lines = [
         "# AdderNet and Winograd AdderNet on Fashion-MNIST (CPU)",
         "",
@@ -354,54 +348,55 @@ def write_outputs(rows: list[dict], stem: str | Path, settings: Settings) -> lis
         f"{settings.epochs} epochs, batch {settings.batch_size}, SGD momentum {settings.momentum}, weight decay "
         f"{settings.weight_decay}, cosine lr from {settings.lr}, adaptive-lr eta {settings.eta} on adder layers; "
         f"ℓ2→ℓ1: p from 2 to 1 linearly over the first {settings.l2_to_l1_end:.0%} of the steps. Seed "
-        f"{settings.seed}, torch threads {settings.threads}. "
-        f"Ops per image: the conv-like layers, BatchNorm where it cannot be folded, and the classifier "
-        f"(conventions in `tritonwino.adder_experiment.count_ops`).",
+        f"{settings.seed}, torch threads {settings.threads}. Test accuracy after the last epoch (best: over "
+        "epochs). Ops per image: the conv-like layers, BatchNorm where it cannot be folded, and the classifier "
+        "(conventions in `tritonwino.experiments.adder.count_ops`). Tile imbalance: spread of a Winograd adder "
+        "layer's per-tile-position channel means over the channel's std, on 500 test images "
+        "(`tile_imbalance`). CPU s: process CPU time of training and evaluation.",
         "",
-        "| variant | matrices | ℓ2→ℓ1 | test acc % | Δ vs CNN | best % | adds/image | mults/image "
-        "| tile imbalance | CPU s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        markdown_table(table, list(table[0]) if table else []),
     ]
-    for r in rows:
-        delta = f"{r['test_acc'] - cnn['test_acc']:+.2f}" if cnn else "-"
-        imb = "-" if r["tile_imbalance"] is None else f"{r['tile_imbalance']:.3f}"
-        lines.append(f"| {r['variant']} | {r['matrices']} | {'yes' if r['l2_to_l1'] else 'no'} | {r['test_acc']:.2f} | "
-                     f"{delta} | {r['best_acc']:.2f} | {r['adds_per_image']:,} | {r['mults_per_image']:,} | {imb} | "
-                     f"{r['cpu_seconds']:.0f} |")
     if rows:
         r0 = rows[0]
-        lines += ["", f"Device: {r0['cpu_model']} (CPU, {r0['threads']} thread); torch {r0['torch']}, "
-                      f"triton {r0['triton']}, tritonwino {r0['tritonwino']}; train/test {r0['train_size']}/"
-                      f"{r0['test_size']} images; finished {max(r['timestamp'] for r in rows)}."]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    return [stem.with_suffix(".csv"), stem.with_suffix(".md"), plot_rows(rows, stem.with_suffix(".png"))]
+        lines += ["", f"Device: {r0['device']}, {r0['threads']} thread(s); torch {r0['torch']}, triton {r0['triton']}, "
+                      f"tritonwino {r0['tritonwino']}; train/test {r0['train_size']}/{r0['test_size']} images; "
+                      f"finished {max(r['timestamp'] for r in rows)}."]
+    md = stem.with_suffix(".md")
+    md.write_text("\n".join(lines) + "\n")
+    png = plot_results(stem.with_suffix(".csv"), stem.parent / f"{stem.name}_epochs.csv", stem.with_suffix(".png"))
+    return [*paths, md, png]
 
 
-def plot_rows(rows: list[dict], png: Path) -> Path:
+def plot_results(summary_csv: str | Path, epochs_csv: str | Path, png: str | Path) -> Path:
+    """Test accuracy per epoch and counted operations per image, from the saved rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    with open(summary_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(epochs_csv, newline="") as f:
+        epochs = list(csv.DictReader(f))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in rows:
-        h = r["history"]
-        ax1.plot([e["epoch"] for e in h], [e["test_acc"] for e in h], marker="o", label=r["variant"])
+        h = [e for e in epochs if e["variant"] == r["variant"]]
+        ax1.plot([int(e["epoch"]) for e in h], [float(e["test_acc"]) for e in h], marker="o", label=r["variant"])
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("test accuracy (%)")
     ax1.set_title("Fashion-MNIST test accuracy")
     ax1.grid(alpha=0.3)
     ax1.legend(fontsize=8)
-    names = [r["variant"] for r in rows]
-    xs = range(len(rows))
-    ax2.bar([x - 0.2 for x in xs], [r["adds_per_image"] for r in rows], 0.4, label="additions")
-    ax2.bar([x + 0.2 for x in xs], [max(r["mults_per_image"], 1) for r in rows], 0.4, label="multiplications")
+    xs = list(range(len(rows)))
+    ax2.bar([x - 0.2 for x in xs], [int(r["adds_per_image"]) for r in rows], 0.4, label="additions")
+    ax2.bar([x + 0.2 for x in xs], [max(int(r["mults_per_image"]), 1) for r in rows], 0.4, label="multiplications")
     ax2.set_yscale("log")
-    ax2.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
+    ax2.set_xticks(xs, [r["variant"] for r in rows], rotation=30, ha="right", fontsize=8)
     ax2.set_ylabel("operations per image (counted)")
     ax2.set_title("counted work per image")
     ax2.legend(fontsize=8)
     fig.tight_layout()
+    png = Path(png)
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return png
