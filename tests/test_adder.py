@@ -205,6 +205,9 @@ def test_distance_exponent_matches_formula(p, device):
     check(adder_conv2d(x, wt, b, 1, backend="torch", p=p), None, oracle_adder(x, wt, b, 1, p))
     y = winograd_adder_conv2d(x, wt, b, 1, backend="torch", p=p)
     check(y, None, oracle_winograd_adder(x, wt, b, 1, 2, "balanced", p))
+    # more rows than one block of the general-p forward (blocks of 2**18 elements)
+    x, wt, b = make(1, 3, 4, 60, 50, 3, torch.float64, device)
+    check(adder_conv2d(x, wt, b, 1, backend="torch", p=p), None, oracle_adder(x, wt, b, 1, p))
 
 
 def test_l2_form_is_twice_the_convolution_plus_input_and_weight_terms():
