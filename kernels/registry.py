@@ -17,6 +17,8 @@ KERNEL_MODULES = (
     "winograd_gemm",
     "sparse_winograd_gemm",
     "output_transform",
+    "adder_conv",
+    "winograd_adder",
 )
 
 
