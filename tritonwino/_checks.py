@@ -166,7 +166,7 @@ def conv_ineligible_reason(conv: torch.nn.Conv2d, r: int | None = None) -> str |
     return None
 
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "cpu")
 
 
 def check_backend(backend: str) -> None:

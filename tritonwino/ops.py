@@ -12,7 +12,7 @@ whichever it uses. Schemas carry only what the tensors do not already say:
   allow_tf32)`` — dense, from the position-major Winograd-domain weight ``q_pck`` (P, C, K).
 
 ``points`` is the comma-joined list of interpolation points (``"0,1,-1,2,-2"``; the schema has no
-list-of-strings type); ``backend`` is ``"torch"`` or ``"triton"`` (already resolved).
+list-of-strings type); ``backend`` is ``"torch"``, ``"triton"`` or ``"cpu"`` (already resolved).
 
 Inference only: no autograd formula is registered. The functional forms route a call that needs
 gradients to the differentiable pure-torch path instead of these ops.
@@ -24,7 +24,7 @@ from fractions import Fraction
 
 import torch
 
-from . import _checks, _triton_path, reference
+from . import _checks, _cpu_path, _triton_path, reference
 from .packing import packed_from_arrays
 from .transforms import normalize_points, tile_size
 
@@ -42,8 +42,8 @@ def points_tuple(points: str) -> tuple[str, ...]:
 
 
 def _check_backend(backend: str) -> None:
-    if backend not in ("torch", "triton"):
-        raise ValueError(f"backend must be 'torch' or 'triton' for the tritonwino ops, got {backend!r}")
+    if backend not in ("torch", "triton", "cpu"):
+        raise ValueError(f"backend must be 'torch', 'triton' or 'cpu' for the tritonwino ops, got {backend!r}")
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -69,6 +69,8 @@ def sparse_winograd_conv2d_op(
                                 points_tuple(points))
     if backend == "triton":
         y = _triton_path.sparse_winograd_conv2d(x, packed, bias, pad, relu, allow_tf32)
+    elif backend == "cpu":
+        y = _cpu_path.sparse_winograd_conv2d(x, packed, bias, pad, relu)
     else:
         y = reference.sparse_winograd_conv2d(x, packed, bias, pad, relu)
     return y.clone() if y is x else y  # custom ops may not return an alias of an input
@@ -104,6 +106,8 @@ def winograd_conv2d_pck_op(
     if backend == "torch":
         return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts or None, relu)
     fr = normalize_points(m, r, tuple(Fraction(s) for s in pts) if pts else None)
+    if backend == "cpu":
+        return _cpu_path.winograd_conv2d(x, q_pck, bias, pad, m, r, fr, relu)
     return _triton_path.winograd_conv2d(x, q_pck, bias, pad, m, r, fr, relu, allow_tf32)
 
 
