@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from . import _checks
+from . import _checks, reference
 from .packing import PackedWinogradWeight
 from .transforms import normalize_points, tile_size, winograd_matrices_exact
 
@@ -263,10 +263,8 @@ def _kernel(m: int, r: int, points: tuple[Fraction, ...]):
 def unavailable_reason() -> str | None:
     """Why the ``"cpu"`` backend cannot run here (None when it can). The first call builds the
     default F(4,3) library (seconds; cached on disk for later processes)."""
-    with _lock:
-        known = list(_availability)
-    if known:
-        return known[0]
+    if _availability:  # settled: a plain read (no lock), which torch.compile can trace
+        return _availability[0]
     reason = None
     if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "off", "no"):
         reason = f"turned off by {ENV_SWITCH}={os.environ[ENV_SWITCH]}"
@@ -292,8 +290,15 @@ def available() -> bool:
 
 
 def runs(x: torch.Tensor) -> bool:
-    """Whether ``backend="auto"`` should run ``x`` here: a float32 CPU tensor, and the kernels build."""
-    return x.device.type == "cpu" and x.dtype in CPU_DTYPES and available()
+    """Whether ``backend="auto"`` should run ``x`` here: a float32 CPU tensor, and the kernels build.
+
+    While torch.compile traces, nothing is built (the op builds when it first runs, and falls back
+    to the torch path itself if that fails): only an already failed probe says no."""
+    if x.device.type != "cpu" or x.dtype not in CPU_DTYPES:
+        return False
+    if torch.compiler.is_compiling():
+        return not (_availability and _availability[0] is not None)
+    return available()
 
 
 def check_cpu_dtype(dtype: torch.dtype) -> None:
@@ -335,6 +340,8 @@ def sparse_winograd_conv2d(x: torch.Tensor, packed: PackedWinogradWeight, bias: 
                            padding: tuple[int, int], relu: bool = False) -> torch.Tensor:
     """Sparse Winograd convolution with a validated ``PackedWinogradWeight`` (fp32 CPU tensors)."""
     _check_call(x, packed.values, bias)
+    if not available():  # only reachable from a graph traced before the first build (see runs())
+        return reference.sparse_winograd_conv2d(x, packed, bias, padding, relu)
     if packed.group_k not in KERNEL_GROUP_K:
         raise ValueError(f"backend='cpu' runs group sizes {KERNEL_GROUP_K}, got {packed.group_k}")
     values = packed.values_as(torch.float32).contiguous()
@@ -349,6 +356,8 @@ def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | N
     """Dense Winograd convolution from the position-major weight ``q_pck`` (P, C, K) (fp32 CPU tensors)."""
     _check_call(x, q_pck, bias)
     pts = normalize_points(m, r, points)
+    if not available():  # only reachable from a graph traced before the first build (see runs())
+        return reference.winograd_conv2d_pck(x, q_pck, bias, padding, m, r, pts, relu)
     values, offsets, k = _dense_slabs(q_pck)
     return _run(x, values, offsets, offsets, k, DENSE_GROUP_K, True, bias, padding, m, r, pts, relu)
 

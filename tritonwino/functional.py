@@ -58,7 +58,7 @@ def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None)
         if x.device.type != "cpu":
             raise ValueError(f"backend='cpu' runs CPU tensors, got x on {x.device}")
         _cpu_path.check_cpu_dtype(x.dtype)
-        reason = _cpu_path.unavailable_reason()
+        reason = None if torch.compiler.is_compiling() else _cpu_path.unavailable_reason()
         if reason is not None:
             raise RuntimeError(f"backend='cpu' is unavailable: {reason}")
     return backend
