@@ -15,6 +15,7 @@ spread and the minimum of both conv2d and the sparse path.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -79,6 +80,7 @@ def sweep(shapes: Sequence[tuple[int, int]], batches: Sequence[int], tiles: Sequ
             for fn in cands.values():  # builds / first-use work outside the timed rounds
                 fn()
         t = time_interleaved(cands, device, rounds=rounds, warmup=1)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         base = t["conv2d"]
         for m, sparsity, block, q, packed, packed16 in configs:
             for p in paths:
@@ -89,7 +91,7 @@ def sweep(shapes: Sequence[tuple[int, int]], batches: Sequence[int], tiles: Sequ
                     speedup_vs_dense_winograd=dense["ms"] / sp["ms"],
                     conv2d_ms_p20=base["ms_p20"], conv2d_ms_p80=base["ms_p80"], conv2d_ms_min=base["ms_min"],
                     sparse_ms_min=sp["ms_min"], speedup_of_minima=base["ms_min"] / sp["ms_min"],
-                    rounds=sp["reps"], timing="interleaved"))
+                    rounds=sp["reps"], timing="interleaved", load_avg_1m=load))
     return rows
 
 
@@ -118,10 +120,12 @@ def best_tile_summary(rows: list[dict], path: str) -> list[dict]:
 def report(rows: list[dict]) -> str:
     """The markdown report of a sweep."""
     env = rows[0] if rows else environment("cpu")
+    loads = [r["load_avg_1m"] for r in rows if r.get("load_avg_1m") is not None]
+    load = f" 1-minute load average {min(loads):.2f}-{max(loads):.2f} ({env['cpu_count']} cores)." if loads else ""
     parts = [
         f"# Sparse Winograd layers ({env['device']}, {env['timer']}, {env['threads']} threads)\n",
         f"torch {env['torch']}, triton {env['triton']}, {env['timestamp']}. Times in ms: medians of "
-        f"{env.get('rounds', '?')} interleaved rounds (conv2d and every path in turn), spread p20-p80.\n",
+        f"{env.get('rounds', '?')} interleaved rounds (conv2d and every path in turn), spread p20-p80.{load}\n",
     ]
     for path in sorted({r["path"] for r in rows}):
         parts += [f"## Best of the tiles, path `{path}`\n",
