@@ -295,3 +295,32 @@ def test_portable_build_without_native_flags(monkeypatch, tmp_path):
     y = sparse_winograd_conv2d(x, packed, b, 1, backend="cpu")
     assert list(tmp_path.glob("*.so"))
     assert_close_rule(y, sparse_winograd_conv2d(x, packed, b, 1, backend="torch"), _oracle(x, q, b, 1, 4), 4)
+
+
+def test_eager_calls_skip_the_op_but_modes_and_fake_tensors_still_see_it():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    q, x, b = _case(1, 4, 16, 8, 20, 4, 0.5, (16, 1), (1, 1))
+    p = pack_winograd_weight(q, (16, 1), dtype=torch.float32)
+    assert _cpu_path.eager_direct(x)
+    args = (x, p.values, p.indices, p.offsets, b, [1, 1], [4, 3], [16, 4], [16, 1], ops.points_str(p.points), "cpu",
+            False, False)
+    assert torch.equal(ops.sparse_winograd_conv2d_call(*args), ops.sparse_winograd_conv2d_op(*args))
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        sparse_winograd_conv2d(x, p, b, 1, backend="cpu")
+    assert "tritonwino.sparse_winograd_conv2d.default" in seen
+    with FakeTensorMode() as mode:
+        fx = mode.from_tensor(x)
+        assert not _cpu_path.eager_direct(fx)
+        y = ops.sparse_winograd_conv2d_call(fx, *[mode.from_tensor(t) for t in (p.values, p.indices, p.offsets)],
+                                            None, [1, 1], [4, 3], [16, 4], [16, 1], ops.points_str(p.points), "cpu",
+                                            False, False)
+    assert y.shape == (1, 16, 8, 20)

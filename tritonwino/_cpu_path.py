@@ -20,6 +20,7 @@ fp32 inputs); the functional forms route anything else to the torch path.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -35,6 +36,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
+from torch.utils import _python_dispatch
 
 from . import _checks, reference
 from .packing import PackedWinogradWeight
@@ -45,6 +47,7 @@ __all__ = [
     "available",
     "build_dir",
     "check_cpu_dtype",
+    "eager_direct",
     "library_path",
     "runs",
     "sparse_winograd_conv2d",
@@ -241,6 +244,9 @@ _ARGTYPES = ([ctypes.c_void_p] + [ctypes.c_int64] * 10 + [ctypes.c_void_p] * 3 +
 def _kernel(m: int, r: int, points: tuple[Fraction, ...]):
     """The ctypes entry point for one config (built once per process; a failure is remembered)."""
     key = (m, r, points)
+    hit = _libraries.get(key)  # the steady state: no lock
+    if hit is not None and not isinstance(hit, Exception):
+        return hit
     with _lock:
         hit = _libraries.get(key)
         if hit is None:
@@ -301,6 +307,18 @@ def runs(x: torch.Tensor) -> bool:
     return available()
 
 
+def eager_direct(x: torch.Tensor) -> bool:
+    """Whether a call with input ``x`` may skip the ``tritonwino::`` op and run the kernel directly:
+    eager (not traced by torch.compile), a plain tensor, and no ``__torch_function__`` /
+    ``__torch_dispatch__`` mode that should see the op node."""
+    if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
+        return False
+    if torch.overrides.has_torch_function((x,)):
+        return False
+    in_mode = getattr(_python_dispatch, "is_in_torch_dispatch_mode", None)
+    return in_mode is not None and not in_mode()
+
+
 def check_cpu_dtype(dtype: torch.dtype) -> None:
     if dtype not in CPU_DTYPES:
         raise TypeError(f"backend='cpu' supports float32 inputs, got {dtype}; use backend='torch' (or 'auto') "
@@ -348,7 +366,7 @@ def sparse_winograd_conv2d(x: torch.Tensor, packed: PackedWinogradWeight, bias: 
     indices = _int32_indices(packed)
     offsets = packed.offsets.contiguous()
     return _run(x, values, indices, offsets, packed.K, packed.group_k, False, bias, padding, packed.m, packed.r,
-                packed.points_fractions(), relu)
+                _fractions(packed.points), relu)
 
 
 def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
@@ -360,6 +378,11 @@ def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | N
         return reference.winograd_conv2d_pck(x, q_pck, bias, padding, m, r, pts, relu)
     values, offsets, k = _dense_slabs(q_pck)
     return _run(x, values, offsets, offsets, k, DENSE_GROUP_K, True, bias, padding, m, r, pts, relu)
+
+
+@functools.lru_cache(maxsize=256)
+def _fractions(points: tuple[str, ...]) -> tuple[Fraction, ...]:
+    return tuple(Fraction(p) for p in points)
 
 
 # Per-tensor caches, checked by identity and version counter (as packing's registry), so a freed

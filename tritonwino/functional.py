@@ -120,7 +120,7 @@ def winograd_conv2d(
     q = reference.winograd_weight(weight.detach(), m, pts)  # float64, then cast once
     # cast straight from float64 to what the GEMM reads (no double rounding through fp32)
     q_pck = q.permute(2, 3, 1, 0).reshape(n * n, c, k).to(_checks.operand_dtype(x.dtype)).contiguous()
-    return ops.winograd_conv2d_pck_op(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32)
+    return ops.winograd_conv2d_pck_call(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32)
 
 
 def winograd_conv2d_pck(
@@ -153,7 +153,7 @@ def winograd_conv2d_pck(
     be = resolve_backend(backend, x, q_pck, bias)
     if _needs_grad(x, q_pck, bias):
         return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts, relu)
-    return ops.winograd_conv2d_pck_op(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32)
+    return ops.winograd_conv2d_pck_call(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32)
 
 
 def sparse_winograd_conv2d(
@@ -203,6 +203,6 @@ def sparse_winograd_conv2d(
         cached = packed_from_arrays(packed.values, packed.indices, packed.offsets, packed.m, packed.r, packed.K,
                                     packed.C, packed.block, packed.group_k, packed.points)
         return reference.sparse_winograd_conv2d(x, cached, bias, pad, relu)
-    return ops.sparse_winograd_conv2d_op(
+    return ops.sparse_winograd_conv2d_call(
         x, packed.values, packed.indices, packed.offsets, bias, list(pad), [packed.m, packed.r],
         [packed.K, packed.C], list(packed.block), ops.points_str(packed.points), be, relu, allow_tf32)

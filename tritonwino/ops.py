@@ -28,7 +28,8 @@ from . import _checks, _cpu_path, _triton_path, reference
 from .packing import packed_from_arrays
 from .transforms import normalize_points, tile_size
 
-__all__ = ["points_str", "points_tuple", "sparse_winograd_conv2d_op", "winograd_conv2d_pck_op"]
+__all__ = ["points_str", "points_tuple", "sparse_winograd_conv2d_call", "sparse_winograd_conv2d_op",
+           "winograd_conv2d_pck_call", "winograd_conv2d_pck_op"]
 
 
 def points_str(points) -> str:
@@ -55,8 +56,7 @@ def _pair(v, name: str) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------
 # sparse op
 # --------------------------------------------------------------------------------------------
-@torch.library.custom_op("tritonwino::sparse_winograd_conv2d", mutates_args=())
-def sparse_winograd_conv2d_op(
+def _sparse_impl(
     x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
     bias: torch.Tensor | None, padding: list[int], tile: list[int], channels: list[int], block: list[int],
     points: str, backend: str, relu: bool, allow_tf32: bool,
@@ -76,6 +76,25 @@ def sparse_winograd_conv2d_op(
     return y.clone() if y is x else y  # custom ops may not return an alias of an input
 
 
+@torch.library.custom_op("tritonwino::sparse_winograd_conv2d", mutates_args=())
+def sparse_winograd_conv2d_op(
+    x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
+    bias: torch.Tensor | None, padding: list[int], tile: list[int], channels: list[int], block: list[int],
+    points: str, backend: str, relu: bool, allow_tf32: bool,
+) -> torch.Tensor:
+    return _sparse_impl(x, values, indices, offsets, bias, padding, tile, channels, block, points, backend, relu,
+                        allow_tf32)
+
+
+def sparse_winograd_conv2d_call(*args) -> torch.Tensor:
+    """:func:`sparse_winograd_conv2d_op` (same arguments); an eager call of the C++ CPU kernels runs the
+    op's body directly: the op's dispatch costs more than a small layer's whole convolution (about 30
+    µs measured against 9 µs), and nothing but torch.compile, tracing or a mode needs the node."""
+    if args[10] == "cpu" and _cpu_path.eager_direct(args[0]):
+        return _sparse_impl(*args)
+    return sparse_winograd_conv2d_op(*args)
+
+
 @sparse_winograd_conv2d_op.register_fake
 def _sparse_fake(x, values, indices, offsets, bias, padding, tile, channels, block, points, backend, relu,
                  allow_tf32):
@@ -89,8 +108,7 @@ def _sparse_fake(x, values, indices, offsets, bias, padding, tile, channels, blo
 # --------------------------------------------------------------------------------------------
 # dense op
 # --------------------------------------------------------------------------------------------
-@torch.library.custom_op("tritonwino::winograd_conv2d_pck", mutates_args=())
-def winograd_conv2d_pck_op(
+def _dense_impl(
     x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | None, padding: list[int], tile: list[int],
     points: str, backend: str, relu: bool, allow_tf32: bool,
 ) -> torch.Tensor:
@@ -109,6 +127,23 @@ def winograd_conv2d_pck_op(
     if backend == "cpu":
         return _cpu_path.winograd_conv2d(x, q_pck, bias, pad, m, r, fr, relu)
     return _triton_path.winograd_conv2d(x, q_pck, bias, pad, m, r, fr, relu, allow_tf32)
+
+
+@torch.library.custom_op("tritonwino::winograd_conv2d_pck", mutates_args=())
+def winograd_conv2d_pck_op(
+    x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | None, padding: list[int], tile: list[int],
+    points: str, backend: str, relu: bool, allow_tf32: bool,
+) -> torch.Tensor:
+    y = _dense_impl(x, q_pck, bias, padding, tile, points, backend, relu, allow_tf32)
+    return y.clone() if y is x else y
+
+
+def winograd_conv2d_pck_call(*args) -> torch.Tensor:
+    """:func:`winograd_conv2d_pck_op`, or its body for an eager call of the C++ CPU kernels (as
+    :func:`sparse_winograd_conv2d_call`)."""
+    if args[6] == "cpu" and _cpu_path.eager_direct(args[0]):
+        return _dense_impl(*args)
+    return winograd_conv2d_pck_op(*args)
 
 
 @winograd_conv2d_pck_op.register_fake
