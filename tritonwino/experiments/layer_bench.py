@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import _cpu_path, reference
+from .. import reference
 from ..env import environment
-from ..functional import sparse_winograd_conv2d, winograd_conv2d_pck
+from ..functional import resolve_backend, sparse_winograd_conv2d, winograd_conv2d_pck
 from ..packing import pack_winograd_weight
 from ..tables import markdown_table
 from ..testing import random_pruned_q
@@ -43,7 +43,8 @@ def default_paths(device: torch.device) -> list[str]:
     """The Winograd backends worth timing on ``device``."""
     if device.type == "cuda":
         return ["torch", "triton"]
-    return (["cpu"] if _cpu_path.available() else []) + ["torch"]
+    # "auto" picks the C++ kernels for a float32 CPU tensor wherever they build
+    return (["cpu"] if resolve_backend("auto", torch.empty(1, 1, 1, 1)) == "cpu" else []) + ["torch"]
 
 
 def sweep(shapes: Sequence[tuple[int, int]], batches: Sequence[int], tiles: Sequence[int],
