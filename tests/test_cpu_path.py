@@ -4,9 +4,10 @@ Oracle: the float64 Winograd convolution with the same q (for a pruned q this *i
 layer; for an unpruned q it equals F.conv2d in float64). Tolerance rule: tests/_tolerance.py, with
 the pure-torch path as the same-numerics twin.
 
-The kernel has two ways to read and write a block of tiles: row blocks (AVX-512 builds, F(2,3) and
-F(4,3), rows of x and y with unit stride, a tile row at least 8 tiles wide) and flat blocks (every
-other case: gathers/scatters with any strides). Shapes below cover both, partial blocks, partial
+The kernel has three ways to read and write a block of tiles: row blocks (AVX-512 builds, F(2,3) and
+F(4,3), rows of x and y with unit stride, a tile row at least 8 tiles wide), multi-row blocks (the
+same for F(4,3) and narrower images: several tile rows side by side in the lanes) and flat blocks
+(every other case: gathers/scatters with any strides). Shapes below cover both, partial blocks, partial
 tiles at the right and bottom edges, and both thread schedules (whole blocks per thread; shared
 input transform when there are few blocks).
 """
@@ -76,6 +77,8 @@ SHAPES = [
     (2, 33, 70, 10, 66, 4, (2, 0)),  # 16 tiles: exactly one full row block; K = 70 spans 3 groups
     (1, 3, 17, 5, 33, 2, (1, 1)),
     (1, 4, 16, 19, 65, 4, (2, 2)),
+    (2, 6, 20, 17, 14, 4, (2, 1)),   # multi-row blocks: 4 tile rows of 4 tiles, the last block 2 rows
+    (3, 5, 16, 6, 26, 4, (0, 1)),    # multi-row blocks: 2 rows of 7 tiles (14 of 16 lanes)
     (5, 6, 16, 3, 3, 2, (0, 0)),     # 1x1 output per image: every lane a different image
     (1, 1, 1, 1, 1, 4, (1, 1)),      # the smallest layer there is
 ]
