@@ -309,9 +309,12 @@ def runs(x: torch.Tensor) -> bool:
 
 def eager_direct(x: torch.Tensor) -> bool:
     """Whether a call with input ``x`` may skip the ``tritonwino::`` op and run the kernel directly:
-    eager (not traced by torch.compile), a plain tensor, and no ``__torch_function__`` /
-    ``__torch_dispatch__`` mode that should see the op node."""
+    eager (not traced by torch.compile), a plain tensor, no profiler running, and no
+    ``__torch_function__`` / ``__torch_dispatch__`` mode that should see the op node."""
     if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
+        return False
+    profiling = getattr(torch.autograd, "_profiler_enabled", None)
+    if profiling is None or profiling():
         return False
     if torch.overrides.has_torch_function((x,)):
         return False

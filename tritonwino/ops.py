@@ -89,7 +89,8 @@ def sparse_winograd_conv2d_op(
 def sparse_winograd_conv2d_call(*args) -> torch.Tensor:
     """:func:`sparse_winograd_conv2d_op` (same arguments); an eager call of the C++ CPU kernels runs the
     op's body directly: the op's dispatch costs more than a small layer's whole convolution (about 30
-    µs measured against 9 µs), and nothing but torch.compile, tracing or a mode needs the node."""
+    µs measured against 9 µs), and nothing but torch.compile, tracing, a mode or the profiler needs the
+    node (they get it: ``_cpu_path.eager_direct``)."""
     if args[10] == "cpu" and _cpu_path.eager_direct(args[0]):
         return _sparse_impl(*args)
     return sparse_winograd_conv2d_op(*args)
