@@ -327,3 +327,18 @@ def test_eager_calls_skip_the_op_but_modes_and_fake_tensors_still_see_it():
                                             None, [1, 1], [4, 3], [16, 4], [16, 1], ops.points_str(p.points), "cpu",
                                             False, False)
     assert y.shape == (1, 16, 8, 20)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("m,r,w", [(1, 3, 29), (3, 3, 29), (2, 5, 29), (4, 5, 40), (4, 5, 13), (2, 1, 29)])
+def test_other_tiles_and_kernel_sizes(m, r, w):
+    """Each F(m, r) is its own generated library; row, multi-row and flat blocks across them."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 5, 13, w, generator=gen)
+    wt = torch.randn(7, 5, r, r, generator=gen)
+    pad = r // 2
+    y = winograd_conv2d(x, wt, None, pad, m, backend="cpu")
+    y_torch = winograd_conv2d(x, wt, None, pad, m, backend="torch")
+    oracle = F.conv2d(x.double(), wt.double(), padding=pad)
+    err, err_torch = (y.double() - oracle).abs().max(), (y_torch.double() - oracle).abs().max()
+    assert err <= 2 * err_torch + torch.finfo(torch.float32).eps * oracle.abs().max()
