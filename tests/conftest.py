@@ -16,6 +16,8 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(tempfile.gettempdir(), "tritonwino-test-triton-cache"))
 # Tests must never touch the user's real tuning cache.
 os.environ.setdefault("TRITONWINO_CACHE_DIR", tempfile.mkdtemp(prefix="tritonwino-test-cache-"))
+# The compiled CPU kernels (content-addressed, so sharing them across runs and workers is safe).
+os.environ.setdefault("TRITONWINO_CPU_BUILD_DIR", os.path.join(tempfile.gettempdir(), "tritonwino-test-cpu-kernels"))
 
 import pytest  # noqa: E402
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,9 +75,15 @@ def test_bench_rows_and_plots(bench_dir):
     dev = "cuda" if HAS_CUDA else "cpu"
     df = pd.read_csv(bench_dir / f"sparse_layers_{dev}.csv")
     assert BENCH_COLUMNS <= set(df.columns), BENCH_COLUMNS - set(df.columns)
-    paths = ["torch", "triton"] if HAS_CUDA else ["torch"]
+    from tritonwino.experiments.layer_bench import default_paths
+
+    paths = default_paths(torch.device(dev))
+    assert HAS_CUDA or "cpu" in paths or shutil.which("g++") is None  # the C++ kernels are timed where they build
     assert len(df) == 2 * len(paths)  # 1 shape x 2 sparsities x 1 block x 1 tile x 1 batch x paths
     assert set(df["path"]) == set(paths)
+    # one interleaved run per shape: every row shares the conv2d timing it is compared with
+    assert df["conv2d_ms"].nunique() == 1 and (df["conv2d_ms_p20"] <= df["conv2d_ms_p80"]).all()
+    assert set(df["timing"]) == {"interleaved"}
     assert (df[["C", "K", "H", "W", "N"]].values == [16, 16, 8, 8, 1]).all()
     assert set(df["tile"]) == {"F(2,3)"} and set(df["block"]) == {"16x1"}
     dense, pruned = df[df.target_sparsity == 0].iloc[0], df[df.target_sparsity == 0.9].iloc[0]

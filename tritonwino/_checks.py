@@ -246,7 +246,7 @@ def module_filter(fn: object, where: str) -> Callable[[torch.nn.Module, str], bo
     return lambda module, name: bool(fn(module, name))
 
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "cpu")
 
 
 def check_backend(backend: str) -> None:

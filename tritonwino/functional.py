@@ -1,9 +1,11 @@
 """Functional forms of the dense and sparse Winograd convolution (re-exported by
 ``tritonwino.sparse_conv``).
 
-``backend``: ``"auto"`` (Triton kernels for CUDA tensors, the torch path for CPU tensors),
-``"triton"`` (force the kernels; on CPU tensors this needs the Triton interpreter, enabled with
-``TRITON_INTERPRET=1`` before import), ``"torch"`` (the pure-torch path of ``tritonwino.reference``).
+``backend``: ``"auto"`` (Triton kernels for CUDA tensors; the fused C++ kernels of
+``tritonwino._cpu_path`` for float32 CPU tensors, the torch path for other CPU dtypes or where no
+C++ compiler is found), ``"triton"`` (force the kernels; on CPU tensors this needs the Triton
+interpreter, enabled with ``TRITON_INTERPRET=1`` before import), ``"cpu"`` (force the C++ kernels:
+float32 CPU tensors, inference only), ``"torch"`` (the pure-torch path of ``tritonwino.reference``).
 
 Every inference call goes through one ``tritonwino::`` custom op (``tritonwino.ops``), the same
 node a converted model's layers produce, so ``torch.compile(fullgraph=True)`` sees one opaque
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _checks, ops, reference
+from . import _checks, _cpu_path, ops, reference
 from .packing import PackedWinogradWeight, packed_from_arrays
 from .transforms import normalize_points, tile_size
 
@@ -30,24 +32,35 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
 
 
 def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None) -> str:
-    """The path to run: ``"torch"`` or ``"triton"``.
+    """The path to run: ``"torch"``, ``"triton"`` or ``"cpu"``.
 
-    The Triton kernels have no backward, so when autograd needs gradients ``"auto"`` takes the
-    differentiable torch path and ``"triton"`` refuses instead of silently returning a result
-    without a gradient.
+    The Triton and C++ kernels have no backward, so when autograd needs gradients ``"auto"`` takes
+    the differentiable torch path and ``"triton"`` / ``"cpu"`` refuse instead of silently returning
+    a result without a gradient.
 
     Args:
-        backend: ``"auto"``, ``"triton"`` or ``"torch"``.
+        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"torch"``.
         x: the input (its device decides ``"auto"``).
         *params: other tensors whose gradients autograd may need (weight, bias, packed values).
     """
     _checks.check_backend(backend)
     needs_grad = _needs_grad(x, *params)
     if backend == "auto":
-        return "triton" if x.is_cuda and not needs_grad else "torch"
-    if backend == "triton" and needs_grad:
-        raise RuntimeError("backend='triton' is inference-only (no backward): run under torch.no_grad() / "
+        if needs_grad:
+            return "torch"
+        if x.is_cuda:
+            return "triton"
+        return "cpu" if _cpu_path.runs(x) else "torch"
+    if backend in ("triton", "cpu") and needs_grad:
+        raise RuntimeError(f"backend={backend!r} is inference-only (no backward): run under torch.no_grad() / "
                            "inference_mode, or use backend='torch' (or 'auto') to train")
+    if backend == "cpu":
+        if x.device.type != "cpu":
+            raise ValueError(f"backend='cpu' runs CPU tensors, got x on {x.device}")
+        _cpu_path.check_cpu_dtype(x.dtype)
+        reason = None if torch.compiler.is_compiling() else _cpu_path.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"backend='cpu' is unavailable: {reason}")
     return backend
 
 
@@ -78,7 +91,7 @@ def winograd_conv2d(
         bias: optional (K,).
         padding: int or (ph, pw), zero padding.
         m: output tile side; F(m, r) uses n = m + r − 1 input tiles.
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (module docstring).
+        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"torch"`` (module docstring).
         points: the n − 1 finite interpolation points (default: the library's standard set).
         stride, dilation, groups: only 1, 1, 1 are supported (others raise ValueError).
         relu: apply a ReLU to the output (fused into the output transform on Triton).
@@ -107,7 +120,7 @@ def winograd_conv2d(
     q = reference.winograd_weight(weight.detach(), m, pts)  # float64, then cast once
     # cast straight from float64 to what the GEMM reads (no double rounding through fp32)
     q_pck = q.permute(2, 3, 1, 0).reshape(n * n, c, k).to(_checks.operand_dtype(x.dtype)).contiguous()
-    return ops.winograd_conv2d_pck_op(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32)
+    return ops.winograd_conv2d_pck_call(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32)
 
 
 def winograd_conv2d_pck(
@@ -149,7 +162,7 @@ def winograd_conv2d_pck(
     be = resolve_backend(backend, x, q_pck, bias)
     if _needs_grad(x, q_pck, bias):
         return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts, relu)
-    return ops.winograd_conv2d_pck_op(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32)
+    return ops.winograd_conv2d_pck_call(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32)
 
 
 def sparse_winograd_conv2d(
@@ -171,7 +184,7 @@ def sparse_winograd_conv2d(
             interpolation points are used, so a weight built with one point set never runs with another.
         bias: optional (K,).
         padding: int or (ph, pw).
-        backend: ``"auto"``, ``"triton"`` or ``"torch"``.
+        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"torch"`` (module docstring).
         relu: fuse a ReLU into the output transform.
         allow_tf32: let fp32 GEMMs use tf32 tensor cores on a GPU.
 
@@ -202,6 +215,6 @@ def sparse_winograd_conv2d(
         cached = packed_from_arrays(packed.values, packed.indices, packed.offsets, packed.m, packed.r, packed.K,
                                     packed.C, packed.block, packed.group_k, packed.points)
         return reference.sparse_winograd_conv2d(x, cached, bias, pad, relu)
-    return ops.sparse_winograd_conv2d_op(
+    return ops.sparse_winograd_conv2d_call(
         x, packed.values, packed.indices, packed.offsets, bias, list(pad), [packed.m, packed.r],
         [packed.K, packed.C], list(packed.block), ops.points_str(packed.points), be, relu, allow_tf32)

@@ -78,7 +78,8 @@ class SparseWinogradConv2d(torch.nn.Module):
         bias: optional (K,) bias.
         padding: int or (ph, pw).
         backend: ``"auto"`` (measured dispatch among conv2d / dense / sparse Winograd, see
-            ``tritonwino.dispatch``), ``"torch"`` or ``"triton"`` (always the sparse path of that backend).
+            ``tritonwino.dispatch``), ``"torch"``, ``"triton"`` or ``"cpu"`` (always the sparse path of that
+            backend).
 
     Example:
         >>> conv = torch.nn.Conv2d(8, 16, 3, padding=1)
@@ -336,6 +337,8 @@ class SparseWinogradConv2d(torch.nn.Module):
             d = dispatch.decide(self, x)
             self._choices[key] = d
             self._drop_unused_forms()
+        if d.backend != "torch" and torch.is_grad_enabled() and x.requires_grad:
+            return d.path, "torch"  # the kernels have no backward: a recorded forward runs the torch twin
         return d.path, d.backend
 
     def _drop_unused_forms(self) -> None:
@@ -688,7 +691,7 @@ def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
         m: output tile of F(m, r) for spatial convolutions.
         block: packing granularity (see ``pack_winograd_weight``); prune at the same block.
         filter_fn: ``filter_fn(module, fqn) -> bool`` (as in torchao) restricts which are swapped.
-        backend: ``"auto"`` (measured dispatch), ``"torch"`` or ``"triton"`` for every swapped layer.
+        backend: ``"auto"`` (measured dispatch), ``"torch"``, ``"triton"`` or ``"cpu"`` for every swapped layer.
         points: interpolation points for spatial convolutions (default: the standard set).
 
     Example:

@@ -12,7 +12,7 @@ whichever it uses. Schemas carry only what the tensors do not already say:
   allow_tf32)`` — dense, from the position-major Winograd-domain weight ``q_pck`` (P, C, K).
 
 ``points`` is the comma-joined list of interpolation points (``"0,1,-1,2,-2"``; the schema has no
-list-of-strings type); ``backend`` is ``"torch"`` or ``"triton"`` (already resolved).
+list-of-strings type); ``backend`` is ``"torch"``, ``"triton"`` or ``"cpu"`` (already resolved).
 
 Inference only: no autograd formula is registered. The functional forms route a call that needs
 gradients to the differentiable pure-torch path instead of these ops.
@@ -24,11 +24,12 @@ from fractions import Fraction
 
 import torch
 
-from . import _checks, _triton_path, reference
+from . import _checks, _cpu_path, _triton_path, reference
 from .packing import packed_from_arrays
 from .transforms import normalize_points, tile_size
 
-__all__ = ["points_str", "points_tuple", "sparse_winograd_conv2d_op", "winograd_conv2d_pck_op"]
+__all__ = ["points_str", "points_tuple", "sparse_winograd_conv2d_call", "sparse_winograd_conv2d_op",
+           "winograd_conv2d_pck_call", "winograd_conv2d_pck_op"]
 
 
 def points_str(points) -> str:
@@ -42,8 +43,8 @@ def points_tuple(points: str) -> tuple[str, ...]:
 
 
 def _check_backend(backend: str) -> None:
-    if backend not in ("torch", "triton"):
-        raise ValueError(f"backend must be 'torch' or 'triton' for the tritonwino ops, got {backend!r}")
+    if backend not in ("torch", "triton", "cpu"):
+        raise ValueError(f"backend must be 'torch', 'triton' or 'cpu' for the tritonwino ops, got {backend!r}")
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -55,8 +56,7 @@ def _pair(v, name: str) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------
 # sparse op
 # --------------------------------------------------------------------------------------------
-@torch.library.custom_op("tritonwino::sparse_winograd_conv2d", mutates_args=())
-def sparse_winograd_conv2d_op(
+def _sparse_impl(
     x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
     bias: torch.Tensor | None, padding: list[int], tile: list[int], channels: list[int], block: list[int],
     points: str, backend: str, relu: bool, allow_tf32: bool,
@@ -69,9 +69,31 @@ def sparse_winograd_conv2d_op(
                                 points_tuple(points))
     if backend == "triton":
         y = _triton_path.sparse_winograd_conv2d(x, packed, bias, pad, relu, allow_tf32)
+    elif backend == "cpu":
+        y = _cpu_path.sparse_winograd_conv2d(x, packed, bias, pad, relu)
     else:
         y = reference.sparse_winograd_conv2d(x, packed, bias, pad, relu)
     return y.clone() if y is x else y  # custom ops may not return an alias of an input
+
+
+@torch.library.custom_op("tritonwino::sparse_winograd_conv2d", mutates_args=())
+def sparse_winograd_conv2d_op(
+    x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
+    bias: torch.Tensor | None, padding: list[int], tile: list[int], channels: list[int], block: list[int],
+    points: str, backend: str, relu: bool, allow_tf32: bool,
+) -> torch.Tensor:
+    return _sparse_impl(x, values, indices, offsets, bias, padding, tile, channels, block, points, backend, relu,
+                        allow_tf32)
+
+
+def sparse_winograd_conv2d_call(*args) -> torch.Tensor:
+    """:func:`sparse_winograd_conv2d_op` (same arguments); an eager call of the C++ CPU kernels runs the
+    op's body directly: the op's dispatch costs more than a small layer's whole convolution (about 30
+    µs measured against 9 µs), and nothing but torch.compile, tracing, a mode or the profiler needs the
+    node (they get it: ``_cpu_path.eager_direct``)."""
+    if args[10] == "cpu" and _cpu_path.eager_direct(args[0]):
+        return _sparse_impl(*args)
+    return sparse_winograd_conv2d_op(*args)
 
 
 @sparse_winograd_conv2d_op.register_fake
@@ -87,8 +109,7 @@ def _sparse_fake(x, values, indices, offsets, bias, padding, tile, channels, blo
 # --------------------------------------------------------------------------------------------
 # dense op
 # --------------------------------------------------------------------------------------------
-@torch.library.custom_op("tritonwino::winograd_conv2d_pck", mutates_args=())
-def winograd_conv2d_pck_op(
+def _dense_impl(
     x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | None, padding: list[int], tile: list[int],
     points: str, backend: str, relu: bool, allow_tf32: bool,
 ) -> torch.Tensor:
@@ -104,7 +125,26 @@ def winograd_conv2d_pck_op(
     if backend == "torch":
         return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts or None, relu)
     fr = normalize_points(m, r, tuple(Fraction(s) for s in pts) if pts else None)
+    if backend == "cpu":
+        return _cpu_path.winograd_conv2d(x, q_pck, bias, pad, m, r, fr, relu)
     return _triton_path.winograd_conv2d(x, q_pck, bias, pad, m, r, fr, relu, allow_tf32)
+
+
+@torch.library.custom_op("tritonwino::winograd_conv2d_pck", mutates_args=())
+def winograd_conv2d_pck_op(
+    x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | None, padding: list[int], tile: list[int],
+    points: str, backend: str, relu: bool, allow_tf32: bool,
+) -> torch.Tensor:
+    y = _dense_impl(x, q_pck, bias, padding, tile, points, backend, relu, allow_tf32)
+    return y.clone() if y is x else y
+
+
+def winograd_conv2d_pck_call(*args) -> torch.Tensor:
+    """:func:`winograd_conv2d_pck_op`, or its body for an eager call of the C++ CPU kernels (as
+    :func:`sparse_winograd_conv2d_call`)."""
+    if args[6] == "cpu" and _cpu_path.eager_direct(args[0]):
+        return _dense_impl(*args)
+    return winograd_conv2d_pck_op(*args)
 
 
 @winograd_conv2d_pck_op.register_fake

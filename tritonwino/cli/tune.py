@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import _checks, _triton_path, reference, tuning
+from ..dispatch import winograd_backend
 from ..env import environment, interpreting
 from ..experiments.layers import (
     ARCH_INPUT,
@@ -54,7 +55,7 @@ from ..experiments.layers import (
     load_model,
 )
 from ..experiments.rows import write_rows
-from ..functional import sparse_winograd_conv2d
+from ..functional import sparse_winograd_conv2d, winograd_conv2d_pck
 from ..kernels._common import dot_precision
 from ..kernels.input_transform import input_transform
 from ..kernels.sparse_winograd_gemm import gpu_configs as sparse_gpu_configs
@@ -220,7 +221,8 @@ def tune_triton_job(job: Job, device: torch.device, dtype: torch.dtype, allow_tf
 
 
 def time_cpu_job(job: Job, dtype: torch.dtype, reps: int) -> dict:
-    """Time F.conv2d, the dense and the sparse torch Winograd paths for one layer on CPU, interleaved;
+    """Time F.conv2d, the dense and the sparse Winograd paths for one layer on CPU (the backend dispatch
+    would use: the C++ kernels for float32, else the torch path), interleaved;
     returns a report row (nothing is written to the tuning cache: layers measure their own dispatch
     on first use, or through ``tune_model``)."""
     layer = job.layer
@@ -233,11 +235,12 @@ def time_cpu_job(job: Job, dtype: torch.dtype, reps: int) -> dict:
     # The dense path keeps its weight position-major (P, C, K), as a deployed layer would.
     q_pck = layer.packed.unpack().permute(2, 3, 1, 0).reshape(n * n, layer.c, layer.k).float().contiguous()
     packed, pad, m, r = layer.packed, layer.padding, layer.m, layer.r
+    be = winograd_backend(x)
     t0 = time.perf_counter()
     t = tuning.time_interleaved({
         "conv2d": lambda: F.conv2d(x, w, padding=pad),
-        "dense": lambda: reference.winograd_conv2d_pck(x, q_pck, None, pad, m, r, pts),
-        "sparse": lambda: sparse_winograd_conv2d(x, packed, None, pad, backend="torch"),
+        "dense": lambda: winograd_conv2d_pck(x, q_pck.to(x.dtype), None, pad, m, r, pts, backend=be),
+        "sparse": lambda: sparse_winograd_conv2d(x, packed, None, pad, backend=be),
     }, "cpu", rounds=reps)
     seconds = time.perf_counter() - t0
     ms = {name: v["ms"] for name, v in t.items()}
@@ -249,7 +252,7 @@ def time_cpu_job(job: Job, dtype: torch.dtype, reps: int) -> dict:
             "conv2d_ms": ms["conv2d"], "dense_ms": ms["dense"], "sparse_ms": ms["sparse"],
             "sparse_ms_p20": t["sparse"]["ms_p20"], "sparse_ms_p80": t["sparse"]["ms_p80"], "winner": best,
             "speedup_best_vs_conv2d": ms["conv2d"] / ms[best], "tune_s": seconds,
-            "dtype": str(dtype).removeprefix("torch.")}
+            "dtype": str(dtype).removeprefix("torch."), "backend": be}
 
 
 # --------------------------------------------------------------------------------------------
