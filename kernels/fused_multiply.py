@@ -88,13 +88,15 @@ def fused_multiply(
     allow_tf32: bool = False,
     winograd_relu: bool = False,
     config: FusedConfig | None = None,
+    wrap=None,
 ) -> torch.Tensor:
     """Launch the fused multiply into the preallocated ``y`` (N, K, HO, WO), any strides.
 
     ``src`` is V (P, C, T) for ``source="v"`` or X (N, C, H, W) for ``source="x"``. ``weight`` is
     ``(values, indices, offsets)`` of a packed weight (group size ``block_k``) or ``(q,)`` with q
     (P, C, K) dense (output channels in blocks of ``block_k``), both in the operand dtype.
-    ``padding`` and ``winograd_relu`` concern X only.
+    ``padding`` and ``winograd_relu`` concern X only. ``wrap`` (e.g. ``torch.library.wrap_triton``)
+    wraps the kernel before the launch.
     """
     check_triton_device(src, y, *weight)
     nb, k, ho, wo = y.shape
@@ -113,6 +115,8 @@ def fused_multiply(
         args += [src.shape[2], src.shape[3], padding[0], padding[1], *src.stride()]
     args += [*y.stride(), bias.stride(0) if bias is not None else 0]
     extra = {"WINOGRAD_RELU": winograd_relu} if source == "x" else {}
+    if wrap is not None:
+        kern = wrap(kern)
     kern[(triton.cdiv(t_total, cfg.block_t), g)](
         *args, HAS_BIAS=bias is not None, RELU=relu, BLOCK_T=cfg.block_t, BLOCK_K=block_k, BLOCK_C=cfg.block_c,
         PRECISION=precision, UPCAST=upcast_dot(operand), **extra,

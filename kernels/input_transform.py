@@ -48,8 +48,10 @@ def input_transform(
     out_dtype: torch.dtype,
     winograd_relu: bool = False,
     config: InputConfig | None = None,
+    wrap=None,
 ) -> torch.Tensor:
-    """Launch stage 1 on x (N, C, H, W), any strides; returns V (P, C, T) in ``out_dtype``."""
+    """Launch stage 1 on x (N, C, H, W), any strides; returns V (P, C, T) in ``out_dtype``.
+    ``wrap`` (e.g. ``torch.library.wrap_triton``) wraps the kernel before the launch."""
     check_triton_device(x)
     nb, c, h, w = x.shape
     th, tw = tiles
@@ -60,7 +62,8 @@ def input_transform(
         return v
     cfg = config or (interpreter_config(t_total, c) if interpreting() else gpu_config(n))
     grid = (triton.cdiv(t_total, cfg.block_t), triton.cdiv(c, cfg.block_c))
-    input_transform_kernel(spec)[grid](
+    kern = input_transform_kernel(spec)
+    (wrap(kern) if wrap is not None else kern)[grid](
         x, v, c, h, w, tw, th * tw, t_total, padding[0], padding[1],
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         BLOCK_T=cfg.block_t, BLOCK_C=cfg.block_c, WINOGRAD_RELU=winograd_relu,

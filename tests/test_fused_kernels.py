@@ -2,7 +2,6 @@
 sparse paths (one kernel: V recomputed from X; two kernels: V in memory) against the float64
 Winograd convolution with the tolerance rule (tests/_tolerance.py)."""
 
-import math
 
 import pytest
 import torch
@@ -10,9 +9,12 @@ from tritonwino.kernels.input_transform import input_transform
 
 from tritonwino import _checks, _triton_path, reference
 from tritonwino.sparse_conv import pack_winograd_weight, sparse_winograd_conv2d
+from tritonwino.testing import random_pruned_q
 from tritonwino.transforms import ACCURATE_POINTS, normalize_points
 
 from ._tolerance import assert_close_rule
+
+pytestmark = pytest.mark.kernels
 
 PATHS = ["one-kernel", "two-kernel"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -29,12 +31,7 @@ def _layout(x, layout):
 
 
 def _q(k, c, m, r, gen, keep=0.5, block=(16, 1), points=None):
-    w = torch.randn(k, c, r, r, generator=gen) / math.sqrt(c * r * r)
-    q = reference.winograd_weight(w, m, points)
-    n = m + r - 1
-    bk, bc = block
-    mask = torch.rand(math.ceil(k / bk), math.ceil(c / bc), n, n, generator=gen) < keep
-    return q * mask.repeat_interleave(bk, 0)[:k].repeat_interleave(bc, 1)[:, :c]
+    return random_pruned_q(k, c, m, r, 1 - keep, block, points=points, generator=gen)
 
 
 @pytest.mark.parametrize("m,r,points", [(2, 3, None), (4, 3, None), (6, 3, None), (4, 5, None),
@@ -164,3 +161,50 @@ def test_int32_indices_both_paths(device):
         for path in PATHS:
             assert torch.equal(_triton_path.sparse_winograd_conv2d(x, p16, None, (1, 1), path=path),
                                _triton_path.sparse_winograd_conv2d(x, p32, None, (1, 1), path=path))
+
+
+def test_path_choice_without_a_gpu_is_the_work_models(monkeypatch):
+    """No GPU: one kernel or two by the counted-work model (H100 roofline, labelled a model); fp32
+    operands always two kernels; $TRITONWINO_SPARSE_PATH overrides; the choice is memoised."""
+    from tritonwino.tuning import select
+
+    gen = torch.Generator().manual_seed(8)
+    packed = pack_winograd_weight(_q(64, 64, 4, 3, gen, keep=0.1, block=(32, 1)), (32, 1))
+    x = torch.randn(8, 64, 14, 14, generator=gen)
+    select.clear_memo()
+    call = _triton_path.SparseCall(x.half(), packed, packed.values_as(torch.float16), None, (1, 1))
+    choice = select.sparse_path(call)
+    assert choice.source == "model" and "model, not a measurement" in choice.reason
+    assert set(choice.times) == {"one-kernel", "two-kernel"}
+    assert choice.path == min(choice.times, key=choice.times.__getitem__)
+    assert choice.path == "one-kernel"  # 90 % sparse deep layer: V's round trip costs more than recomputing it
+    assert select.sparse_path(call) is choice
+    fp32 = _triton_path.SparseCall(x, packed, packed.values_as(torch.float32), None, (1, 1))
+    assert select.sparse_path(fp32).path == "two-kernel" and select.sparse_path(fp32).source == "rule"
+    monkeypatch.setenv(select.PATH_ENV, "two-kernel")
+    assert select.sparse_path(call).path == "two-kernel"
+    monkeypatch.setenv(select.PATH_ENV, "three")
+    with pytest.raises(ValueError, match="TRITONWINO_SPARSE_PATH"):
+        select.sparse_path(call)
+
+
+def test_explain_names_the_kernels(monkeypatch):
+    """A layer dispatched to the Triton path says which kernel sequence runs and why."""
+    from tritonwino import dispatch
+    from tritonwino.modules import SparseWinogradConv2d, explain
+
+    gen = torch.Generator().manual_seed(9)
+    q = _q(16, 16, 4, 3, gen, keep=0.5)
+    layer = SparseWinogradConv2d(pack_winograd_weight(q, (16, 1)), None, 1, backend="auto")
+    model = torch.nn.Sequential(layer)
+    monkeypatch.setattr(dispatch, "winograd_backend", lambda x: "triton")  # the interpreter stands in for a GPU
+    with torch.no_grad():
+        model(torch.randn(1, 16, 8, 8, generator=gen))
+    (row,) = [r for r in explain(model) if r["type"] == "SparseWinogradConv2d"]
+    if row["chosen"].startswith("sparse"):
+        assert row["kernels"].startswith("two-kernel (rule:")  # fp32 input
+    elif row["chosen"].startswith("dense"):
+        assert row["kernels"].startswith("two-kernel: input transform + fused dense multiply")
+    else:
+        assert row["kernels"] == ""
+    assert "kernels" in str(explain(model)).splitlines()[0]

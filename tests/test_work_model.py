@@ -19,8 +19,9 @@ from tritonwino.workmodel.estimate import dense_launches, pack_stats, sparse_lau
 from tritonwino.workmodel.layer_model import LayerCase, count_path, layer_inputs
 from tritonwino.workmodel.roofline import GPUS, direct_conv_bound_us, launch_time_us, path_time_us
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="counts work through the Triton interpreter (a GPU run does not use it)")
+pytestmark = [pytest.mark.kernels,
+              pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                 reason="counts work through the Triton interpreter (a GPU run does not use it)")]
 
 
 @triton.jit

@@ -110,24 +110,27 @@ class SparseCall:
         self.spec = tile_spec(packed.m, packed.r, packed.points_fractions())
         self.operand = _checks.operand_dtype(x.dtype)
 
-    def transform(self, config=None) -> torch.Tensor:
+    def transform(self, config=None, wrap=None) -> torch.Tensor:
         """V (P, C, T) of x (the two-kernel path's first launch)."""
         return input_transform(self.x, self.spec, self.padding, self.tiles, self.operand, self.winograd_relu,
-                               config)
+                               config, wrap)
 
-    def multiply(self, src: torch.Tensor, source: str, config=None, y: torch.Tensor | None = None) -> torch.Tensor:
+    def multiply(self, src: torch.Tensor, source: str, config=None, y: torch.Tensor | None = None,
+                 wrap=None) -> torch.Tensor:
         """The fused multiply from V (``source="v"``) or straight from x (``"x"``) into y."""
         p = self.packed
         y = y if y is not None else _checks.empty_output(self.x, p.K, self.ho, self.wo)
         return fused_multiply(src, self.spec, source, (self.values, p.indices, p.offsets), p.group_k, p.C,
                               self.tiles, y, self.bias, self.relu, self.padding, self.allow_tf32,
-                              self.winograd_relu, config)
+                              self.winograd_relu, config, wrap)
 
-    def run(self, path: str, config=None, input_config=None) -> torch.Tensor:
+    def run(self, path: str, config=None, input_config=None, wrap=None) -> torch.Tensor:
+        """Launch ``path``; ``wrap`` (``torch.library.wrap_triton`` inside a ``triton_op``) wraps
+        every kernel so that torch.compile sees the launches."""
         if path == "two-kernel":
-            return self.multiply(self.transform(input_config), "v", config)
+            return self.multiply(self.transform(input_config, wrap), "v", config, wrap=wrap)
         if path == "one-kernel":
-            return self.multiply(self.x, "x", config)
+            return self.multiply(self.x, "x", config, wrap=wrap)
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
 
 

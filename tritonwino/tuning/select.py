@@ -35,6 +35,7 @@ SPARSE_KERNEL = "fused_sparse"
 DENSE_KERNEL = "fused_dense"
 PATH_KERNEL = "sparse_path"
 PATH_ENV = "TRITONWINO_SPARSE_PATH"
+AUTOTUNE_ENV = "TRITONWINO_AUTOTUNE"
 MODEL_GPU = "H100"
 
 # In-process memo: the steady-state forward does a dict lookup, no file I/O and no host sync.
@@ -78,11 +79,18 @@ def _select(kernel: str, key: str, candidates: list[dict], bench, force: bool) -
     return best
 
 
+def _gpu_candidates(configs) -> list[FusedConfig]:
+    """All candidates, or only the first with ``TRITONWINO_AUTOTUNE=0`` (no config timing: one
+    compile per kernel, e.g. for a time-boxed GPU check)."""
+    return list(configs)[:1] if os.environ.get(AUTOTUNE_ENV) == "0" else list(configs)
+
+
 def sparse_candidates(call, path: str) -> list[FusedConfig]:
+    """The launch configs tried for ``call`` on ``path``."""
     if interpreting():
         return [interpreter_config(call.t_total)]
     prec = dot_precision(call.operand, call.allow_tf32)
-    return list(gpu_configs(call.packed.m, call.packed.group_k, call.operand, prec, _source(path)))
+    return _gpu_candidates(gpu_configs(call.packed.m, call.packed.group_k, call.operand, prec, _source(path)))
 
 
 def sparse_config(call, path: str, candidates: list[FusedConfig] | None = None, force: bool = False) -> FusedConfig:
@@ -111,7 +119,8 @@ def dense_config(v: torch.Tensor, q_pck: torch.Tensor, m: int, r: int, allow_tf3
     k = q_pck.shape[2]
     if candidates is None:
         candidates = ([interpreter_config(t_total)] if interpreting() else
-                      list(gpu_configs(m, dense_block_k(k), v.dtype, dot_precision(v.dtype, allow_tf32), "v")))
+                      _gpu_candidates(gpu_configs(m, dense_block_k(k), v.dtype, dot_precision(v.dtype, allow_tf32),
+                                                  "v")))
     key = dense_key(t_total, c, k, m, r, v.dtype, allow_tf32)
     return FusedConfig(**_select(DENSE_KERNEL, key, [asdict(cf) for cf in candidates],
                                  lambda cfg: do_bench_ms(lambda: launch(FusedConfig(**cfg))), force))
@@ -234,3 +243,16 @@ def autotune(kernel: str, key: tuple | str | dict, configs: Sequence[dict],
         raise RuntimeError(f"autotune({kernel!r}, {norm_key(key)!r}): every config failed: {errors}")
     cache.put(kernel, key, best[1], timings, errors=errors)
     return best[1]
+
+
+def memoised_sparse_choice(call) -> tuple[str, FusedConfig]:
+    """(path, config) for ``call`` from this process's memo only: no timing, no cache file, no
+    host sync, so it can run while torch.compile traces. A bucket not decided yet gets the
+    two-kernel path with its first candidate config."""
+    choice = _MEMO.get((PATH_KERNEL, sparse_key(call.t_total, call.packed, call.operand, call.allow_tf32, "path")))
+    path = choice.path if choice is not None and call.operand in ONE_KERNEL_DTYPES else "two-kernel"
+    if os.environ.get(PATH_ENV) in ("one-kernel", "two-kernel"):
+        path = os.environ[PATH_ENV]
+    key = sparse_key(call.t_total, call.packed, call.operand, call.allow_tf32, path)
+    cfg = _MEMO.get((SPARSE_KERNEL, key))
+    return path, FusedConfig(**cfg) if cfg is not None else sparse_candidates(call, path)[0]
