@@ -51,18 +51,26 @@ def gpu_configs(m: int, block_k: int, dtype: torch.dtype, precision: str, source
 
     A tensor-core accumulator tile of 16 × 8 is spread over one warp (4 fp32 values per thread), so
     a (16 × BLOCK_K) block with one warp per 16 × 8 tile keeps each of the ``accumulators(m)`` at 4
-    registers per thread: BLOCK_T = 16 and BLOCK_K / 8 warps. Half operands at m <= 4 also offer
-    the 32-tile block with twice the warps (same registers per thread, half the programs)."""
+    registers per thread: BLOCK_T = 16 and BLOCK_K / 8 warps. The two-kernel path's multiply with
+    half operands at m <= 4 also offers the 32-tile block with twice the warps (same registers per
+    thread, half the programs); the one-kernel kernel, 5-10x larger and slower to compile, has one."""
     warps = max(4, block_k // 8)
     out = [FusedConfig(16, 16, warps, 2)]
-    if dtype != torch.float32 and m <= 4 and block_k <= 32:
+    if source == "v" and dtype != torch.float32 and m <= 4 and block_k <= 32:
         out.append(FusedConfig(32, 16, 2 * warps, 2))
     return tuple(out)
 
 
 # The one-kernel path recomputes the input transform per output-channel group; it is offered (and
-# compile-checked) for half operands, the case it exists for. fp32 layers take the two-kernel path.
+# compile-checked) for half operands and tiles up to F(4, r), the case it exists for. fp32 layers
+# and larger tiles take the two-kernel path.
 ONE_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+ONE_KERNEL_MAX_M = 4
+
+
+def one_kernel_supported(m: int, dtype: torch.dtype) -> bool:
+    """Whether the one-kernel path is offered for F(m, r) with ``dtype`` operands."""
+    return dtype in ONE_KERNEL_DTYPES and m <= ONE_KERNEL_MAX_M
 
 
 def dense_block_k(k: int) -> int:
@@ -140,10 +148,10 @@ def compile_specs(tiles) -> list[CompileSpec]:
     for name, spec in tiles:
         for source, weight in (("v", "sparse"), ("x", "sparse"), ("v", "dense")):
             # other point sets generate the same code shape: fp16 is enough for them; the one-kernel
-            # path is offered for half operands only (ONE_KERNEL_DTYPES)
+            # path exists where one_kernel_supported() says so
             dts = all_dts if "accurate" not in name else all_dts[:1]
             if source == "x":
-                dts = tuple(d for d in dts if d[0] in ONE_KERNEL_DTYPES)
+                dts = tuple(d for d in dts if one_kernel_supported(spec.m, d[0]))
             gks = (16, 32, 64) if weight == "sparse" else (32,)
             for (dt, prec), gk in ((d, gk) for d in dts for gk in gks):
                 for cfg in gpu_configs(spec.m, gk, dt, prec, source):

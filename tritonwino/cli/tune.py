@@ -57,7 +57,13 @@ from ..experiments.layers import (
 from ..experiments.rows import write_rows
 from ..functional import sparse_winograd_conv2d
 from ..kernels._common import dot_precision
-from ..kernels.fused_multiply import ONE_KERNEL_DTYPES, dense_block_k, fused_multiply, gpu_configs, interpreter_config
+from ..kernels.fused_multiply import (
+    dense_block_k,
+    fused_multiply,
+    gpu_configs,
+    interpreter_config,
+    one_kernel_supported,
+)
 from ..modules import SparseWinogradConv2d, tune_model
 from ..packing import PackedWinogradWeight
 from ..tuning import select
@@ -152,7 +158,7 @@ def triton_jobs(layers: list[Layer], batches: list[int], dtype: torch.dtype, all
                             select.dense_key(t, layer.c, layer.k, layer.m, layer.r, opd, allow_tf32),
                             nb, layer, [layer.name], len(gpu_configs(layer.m, dense_block_k(layer.k), opd, prec, "v"))))
             # the one-kernel path exists for half operands only (fp32 layers always take two kernels)
-            paths = (("two-kernel", "v"), ("one-kernel", "x")) if opd in ONE_KERNEL_DTYPES else (("two-kernel", "v"),)
+            paths = (("two-kernel", "v"),) + ((("one-kernel", "x"),) if one_kernel_supported(layer.m, opd) else ())
             for path, src in paths:
                 n_cands = len(gpu_configs(layer.m, layer.packed.group_k, opd, prec, src))
                 jobs.append(Job(select.SPARSE_KERNEL, select.sparse_key(t, layer.packed, opd, allow_tf32, path),

@@ -26,7 +26,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..kernels._common import dot_precision, interpreting
-from ..kernels.fused_multiply import ONE_KERNEL_DTYPES, FusedConfig, gpu_configs, interpreter_config
+from ..kernels.fused_multiply import (
+    ONE_KERNEL_MAX_M,
+    FusedConfig,
+    gpu_configs,
+    interpreter_config,
+    one_kernel_supported,
+)
 from ..kernels.input_transform import gpu_config as input_gpu_config
 from .cache import TuningCache, config_label, get_cache, jsonable_config, make_key, norm_key, shape_bucket
 from .timer import do_bench_ms
@@ -156,9 +162,10 @@ def sparse_path(call, force: bool = False) -> PathChoice:
     """One kernel or two for this call's key: ``$TRITONWINO_SPARSE_PATH`` if set; two kernels for
     fp32 operands; else on a GPU the faster of both as timed (cached); else the counted-work
     model's choice."""
-    if call.operand not in ONE_KERNEL_DTYPES:
-        return PathChoice("two-kernel", "rule", f"the one-kernel path is offered for fp16/bf16 operands, not "
-                                                f"{str(call.operand).removeprefix('torch.')}")
+    if not one_kernel_supported(call.packed.m, call.operand):
+        what = f"{str(call.operand).removeprefix('torch.')} F({call.packed.m},{call.packed.r})"
+        return PathChoice("two-kernel", "rule", f"the one-kernel path is offered for fp16/bf16 operands and "
+                                                f"F(m<={ONE_KERNEL_MAX_M}), not {what}")
     env = os.environ.get(PATH_ENV)
     if env:
         if env not in ("one-kernel", "two-kernel"):
@@ -250,7 +257,7 @@ def memoised_sparse_choice(call) -> tuple[str, FusedConfig]:
     host sync, so it can run while torch.compile traces. A bucket not decided yet gets the
     two-kernel path with its first candidate config."""
     choice = _MEMO.get((PATH_KERNEL, sparse_key(call.t_total, call.packed, call.operand, call.allow_tf32, "path")))
-    path = choice.path if choice is not None and call.operand in ONE_KERNEL_DTYPES else "two-kernel"
+    path = choice.path if choice is not None and one_kernel_supported(call.packed.m, call.operand) else "two-kernel"
     if os.environ.get(PATH_ENV) in ("one-kernel", "two-kernel"):
         path = os.environ[PATH_ENV]
     key = sparse_key(call.t_total, call.packed, call.operand, call.allow_tf32, path)
