@@ -21,9 +21,10 @@ from pathlib import Path
 os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton kernels: counts run in the interpreter
 
 from tqdm import tqdm  # noqa: E402
-from tritonwino.benchmark import environment, write_rows  # noqa: E402
 
-from tritonwino.workmodel import report  # noqa: E402
+from tritonwino.env import environment  # noqa: E402
+from tritonwino.experiments import work_model as report  # noqa: E402
+from tritonwino.experiments.rows import write_rows  # noqa: E402
 from tritonwino.workmodel.layer_model import TITLE  # noqa: E402
 
 
