@@ -28,10 +28,12 @@ Extension points: ``TileSpec.order`` chooses the summation order inside each lin
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -584,9 +586,12 @@ _DIR: str | None = None
 
 
 def _gen_dir() -> str:
+    # One private directory per process, removed at exit: the source text is the identity of a
+    # kernel (Triton's compile cache keys on it), so nothing needs to outlive the process.
     global _DIR
     if _DIR is None:
         _DIR = tempfile.mkdtemp(prefix="tritonwino-generated-")
+        atexit.register(shutil.rmtree, _DIR, True)
     return _DIR
 
 
@@ -611,8 +616,8 @@ def kernel_source(spec: TileSpec, kind: str = "input", source: str = "v", weight
     """The generated Triton source: ``kind="input"`` (input transform) or ``"fused"`` (multiply +
     output transform with ``source``/``weight`` variant). For reading; the kernels use the same text.
 
-    Example:
-        >>> print(kernel_source(spec, "fused", source="x", weight="sparse"))
+    Example::
+        print(kernel_source(spec, "fused", source="x", weight="sparse"))
     """
     if kind == "input":
         return input_transform_source(spec, f"_input_transform__f{spec.m}{spec.r}_{spec.key()}")

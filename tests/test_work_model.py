@@ -215,3 +215,22 @@ def test_fused_launch_writes_every_output_once():
     dense = count_path(case, "dense", x, packed, q)
     assert dense[-1].store_bytes == y_bytes
     _ = fused_multiply  # the launcher under test
+
+
+@pytest.mark.e2e
+def test_bench_work_model_quick_writes_labelled_rows_and_plot(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "bench/work_model.py", "--quick", "--gpus", "H100", "--out", str(tmp_path)],
+                          cwd=root, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "work_model.json").read_text())
+    assert rows and all(r["title"] == "model, not a measurement" for r in rows)
+    assert {r["method"] for r in rows} == {"closed-form", "counted"}
+    assert all(r["closed_form_agrees"] for r in rows if r["method"] == "counted")
+    assert (tmp_path / "work_model.png").stat().st_size > 10_000
+    assert "model, not a measurement" in (tmp_path / "work_model.md").read_text()

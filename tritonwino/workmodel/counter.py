@@ -20,10 +20,10 @@ The counts are of what the interpreter executes, which is the program the GPU wo
 same constexprs (block sizes, warps do not change the arithmetic): run the GPU config, not the
 interpreter's, when the counts feed the roofline model.
 
-Example:
-    >>> with count_work() as launches:
-    ...     my_kernel[grid](x, y, n, BLOCK=128)
-    >>> launches[0].simt_flops
+Example (needs TRITON_INTERPRET=1)::
+    with count_work() as launches:
+        my_kernel[grid](x, y, n, BLOCK=128)
+    launches[0].simt_flops
 """
 
 from __future__ import annotations
@@ -196,10 +196,10 @@ def count_work() -> Iterator[list[LaunchCount]]:
     Needs ``TRITON_INTERPRET=1`` set before the kernels were defined (the launches must run in the
     interpreter). Not thread-safe; do not nest.
 
-    Example:
-        >>> with count_work() as launches:
-        ...     y = sparse_winograd_conv2d(x, packed, backend="triton")
-        >>> [lc.kernel for lc in launches]
+    Example (needs TRITON_INTERPRET=1)::
+        with count_work() as launches:
+            y = sparse_winograd_conv2d(x, packed, backend="triton")
+        [lc.kernel for lc in launches]
     """
     from tritonwino.kernels._common import interpreting
 
