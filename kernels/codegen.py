@@ -551,13 +551,15 @@ def _dot_loop(spec: TileSpec, source: str, weight: str, i: int, j: int, p: int) 
               "        jj = j0 + cc",
               "        jm = jj < nk",
               "        ch = tl.load(idx_ptr + start + jj, mask=jm, other=0).to(tl.int32)",
-              "        b = tl.load(w_ptr + (start + jj)[:, None] * BLOCK_K + kk[None, :], mask=jm[:, None], "
+              # int64: nnz * group_k may pass 2^31 for very wide layers (V, x and y are range-checked)
+              "        b = tl.load(w_ptr + (start + jj).to(tl.int64)[:, None] * BLOCK_K + kk[None, :], "
+              "mask=jm[:, None], "
               "other=0.0)"]
     else:
         L += ["    for c0 in range(0, C, BLOCK_C):",
               "        ch = c0 + cc",
               "        jm = ch < C",
-              f"        b = tl.load(w_ptr + ({p} * C + ch)[:, None] * K + k[None, :], "
+              f"        b = tl.load(w_ptr + ({p} * C + ch).to(tl.int64)[:, None] * K + k[None, :], "
               "mask=jm[:, None] & k_mask[None, :], other=0.0)"]
     L.append("        tj_mask = t_mask[:, None] & jm[None, :]")
     if source == "v":
