@@ -1,43 +1,55 @@
-"""The Triton execution path, the twin of ``reference``: input transform -> Winograd-domain GEMM
-(dense or sparse) -> output transform, each stage one kernel of ``tritonwino.kernels``.
+"""The Triton execution path, the twin of ``reference``: the generated input transform and the
+fused Winograd-domain multiply with the output transform in its epilogue (``tritonwino.kernels``).
+
+Sparse layers run one of two kernel sequences, chosen per shape by ``tuning.select.sparse_path``
+(timed on a GPU, the counted-work model without one):
+
+* ``two-kernel``: ``input_transform`` writes V (P, C, T) in the operand dtype, then the fused
+  sparse multiply gathers its kept rows and applies Aᵀ·A, bias and ReLU in its epilogue;
+* ``one-kernel``: the fused multiply recomputes each position's V for the kept channels straight
+  from X (neither V nor M exists in memory; the input transform is recomputed per output-channel
+  group).
+
+Dense layers take the two-kernel sequence with the dense fused multiply. M (P, K, T) is never in
+memory on either path.
 
 Layouts (docs/notation.md): x (N, C, H, W) any strides; V (P, C, T); Q position-major
-``q_pck`` (P, C, K) or packed; M (P, K, T) fp32; y (N, K, HO, WO) in x's layout.
+``q_pck`` (P, C, K) or packed; y (N, K, HO, WO) in x's layout.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from fractions import Fraction
 
 import torch
 
 from . import _checks
-from .kernels._common import next_pow2
+from .kernels.codegen import TileSpec
+from .kernels.fused_multiply import dense_block_k, fused_multiply
 from .kernels.input_transform import input_transform
-from .kernels.output_transform import output_transform
-from .kernels.sparse_winograd_gemm import sparse_winograd_gemm
-from .kernels.winograd_gemm import winograd_gemm
 from .packing import PackedWinogradWeight
 from .reference import tile_grid
-from .transforms import tile_size, winograd_kron
+from .transforms import ACCURATE_POINTS, tile_size, winograd_matrices_exact
 from .tuning import select
 
 __all__ = [
     "INDEX_LIMIT",
+    "PATHS",
     "TRITON_DTYPES",
+    "SparseCall",
     "check_index_range",
     "check_triton_dtype",
     "kernel_bias",
-    "kron_padded",
-    "run",
+    "shipped_tiles",
     "sparse_winograd_conv2d",
+    "tile_spec",
     "winograd_conv2d",
 ]
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+PATHS = ("one-kernel", "two-kernel")
 
 # Largest element count a Triton-path tensor may have. The kernels compute most offsets in
 # int64, but that has never been run at this size, so the Triton path refuses rather than risk a
@@ -47,16 +59,19 @@ INDEX_LIMIT = 2**31
 
 
 @functools.lru_cache(maxsize=64)
-def kron_padded(m: int, r: int, pts: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """KB (NN, NN) and KA (PP, MM) in fp32, zero-padded to the kernels' power-of-two blocks."""
-    kb, ka = winograd_kron(m, r, pts)
-    n = tile_size(m, r)
-    nn, mm = next_pow2(n * n), next_pow2(m * m)
-    kbp = torch.zeros(nn, nn, dtype=torch.float64)
-    kbp[: n * n, : n * n] = kb
-    kap = torch.zeros(nn, mm, dtype=torch.float64)
-    kap[: n * n, : m * m] = ka
-    return kbp.float().to(device), kap.float().to(device)
+def tile_spec(m: int, r: int, pts: tuple[Fraction, ...]) -> TileSpec:
+    """The exact matrices of F(m, r) with these points, as the kernel generator takes them."""
+    at, _, bt = winograd_matrices_exact(m, r, pts)
+    return TileSpec.from_lists(m, r, at, bt)
+
+
+def shipped_tiles() -> list[tuple[str, TileSpec]]:
+    """(name, spec) of the tiles compile-check covers: F(2,3), F(4,3), F(6,3) with the default
+    points and F(4,3) with the accurate points (other points generate the same code shape)."""
+    from .transforms import normalize_points
+
+    return [(f"F({m},3){' accurate' if pts else ''}", tile_spec(m, 3, normalize_points(m, 3, pts)))
+            for m, pts in ((2, None), (4, None), (6, None), (4, ACCURATE_POINTS[6]))]
 
 
 def check_triton_dtype(dtype: torch.dtype) -> None:
@@ -72,8 +87,7 @@ def check_index_range(x: torch.Tensor, k: int, c: int, m: int, r: int, padding: 
     ho, wo = _checks.output_size(h, w, r, padding)
     n = tile_size(m, r)
     t = nb * (-(-ho // m)) * (-(-wo // m))
-    sizes = {"input": x.numel(), "output": nb * k * ho * wo, "V (P x C x tiles)": n * n * c * t,
-             "M (P x K x tiles)": n * n * k * t}
+    sizes = {"input": x.numel(), "output": nb * k * ho * wo, "V (P x C x tiles)": n * n * c * t}
     for what, size in sizes.items():
         if size >= INDEX_LIMIT:
             raise ValueError(
@@ -81,31 +95,6 @@ def check_index_range(x: torch.Tensor, k: int, c: int, m: int, r: int, padding: 
                 f"tensor for input shape {tuple(x.shape)} would have {size}. Split the batch, or use "
                 "backend='torch' (int64 indexing)."
             )
-
-
-def run(
-    x: torch.Tensor,
-    gemm: Callable[[torch.Tensor], torch.Tensor],
-    k: int,
-    bias: torch.Tensor | None,
-    padding: tuple[int, int],
-    m: int,
-    r: int,
-    pts: tuple,
-    relu: bool = False,
-) -> torch.Tensor:
-    """Run the three stages; ``gemm(V (P, C, T)) -> M (P, K, T) fp32`` is the middle stage."""
-    check_triton_dtype(x.dtype)
-    _checks.check_tile_dtype(m, r, x.dtype)
-    n = tile_size(m, r)
-    nb, _, h, w = x.shape
-    ho, wo = _checks.output_size(h, w, r, padding)
-    tiles = tile_grid(ho, wo, m)
-    kb, ka = kron_padded(m, r, pts, x.device)
-    v = input_transform(x, kb, n, m, padding, tiles, _checks.operand_dtype(x.dtype))
-    mm = gemm(v)
-    y = _checks.empty_output(x, k, ho, wo)
-    return output_transform(mm, ka, kernel_bias(bias), y, m, tiles, relu)
 
 
 def kernel_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
@@ -119,10 +108,50 @@ def kernel_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     return bias.contiguous()
 
 
+class SparseCall:
+    """Everything one sparse forward launches, so the tuner can time configs and paths on it."""
+
+    def __init__(self, x: torch.Tensor, packed: PackedWinogradWeight, values: torch.Tensor,
+                 bias: torch.Tensor | None, padding: tuple[int, int], relu: bool = False, allow_tf32: bool = False,
+                 winograd_relu: bool = False):
+        self.x, self.packed, self.values, self.bias = x, packed, values, kernel_bias(bias)
+        self.padding, self.relu, self.allow_tf32, self.winograd_relu = padding, relu, allow_tf32, winograd_relu
+        nb, _, h, w = x.shape
+        self.ho, self.wo = _checks.output_size(h, w, packed.r, padding)
+        self.tiles = tile_grid(self.ho, self.wo, packed.m)
+        self.t_total = nb * self.tiles[0] * self.tiles[1]
+        self.spec = tile_spec(packed.m, packed.r, packed.points_fractions())
+        self.operand = _checks.operand_dtype(x.dtype)
+
+    def transform(self, config=None, wrap=None) -> torch.Tensor:
+        """V (P, C, T) of x (the two-kernel path's first launch)."""
+        return input_transform(self.x, self.spec, self.padding, self.tiles, self.operand, self.winograd_relu,
+                               config, wrap)
+
+    def multiply(self, src: torch.Tensor, source: str, config=None, y: torch.Tensor | None = None,
+                 wrap=None) -> torch.Tensor:
+        """The fused multiply from V (``source="v"``) or straight from x (``"x"``) into y."""
+        p = self.packed
+        y = y if y is not None else _checks.empty_output(self.x, p.K, self.ho, self.wo)
+        return fused_multiply(src, self.spec, source, (self.values, p.indices, p.offsets), p.group_k, p.C,
+                              self.tiles, y, self.bias, self.relu, self.padding, self.allow_tf32,
+                              self.winograd_relu, config, wrap)
+
+    def run(self, path: str, config=None, input_config=None, wrap=None) -> torch.Tensor:
+        """Launch ``path``; ``wrap`` (``torch.library.wrap_triton`` inside a ``triton_op``) wraps
+        every kernel so that torch.compile sees the launches."""
+        if path == "two-kernel":
+            return self.multiply(self.transform(input_config, wrap), "v", config, wrap=wrap)
+        if path == "one-kernel":
+            return self.multiply(self.x, "x", config, wrap=wrap)
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+
+
 def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
                     m: int, r: int, pts: tuple[Fraction, ...], relu: bool = False,
                     allow_tf32: bool = False) -> torch.Tensor:
-    """Dense Winograd convolution with a position-major Winograd-domain weight ``q_pck`` (P, C, K)."""
+    """Dense Winograd convolution with a position-major Winograd-domain weight ``q_pck`` (P, C, K):
+    the input transform, then the dense fused multiply."""
     p, c, k = q_pck.shape
     check_triton_dtype(x.dtype)
     if p != tile_size(m, r) ** 2 or c != x.shape[1]:  # the GEMM launcher would only assert
@@ -131,17 +160,26 @@ def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | N
     _checks.check_tile_dtype(m, r, x.dtype, q_pck.dtype)
     check_index_range(x, k, c, m, r, padding)
     q = q_pck.to(_checks.operand_dtype(x.dtype)).contiguous()
+    nb, _, h, w = x.shape
+    ho, wo = _checks.output_size(h, w, r, padding)
+    tiles = tile_grid(ho, wo, m)
+    spec = tile_spec(m, r, pts)
+    v = input_transform(x, spec, padding, tiles, q.dtype)
+    y = _checks.empty_output(x, k, ho, wo)
+    bk, b = dense_block_k(k), kernel_bias(bias)
 
-    def gemm(v: torch.Tensor) -> torch.Tensor:
-        return winograd_gemm(v, q, allow_tf32, select.dense_config(v, q, m, r, allow_tf32))
+    def launch(cfg):
+        return fused_multiply(v, spec, "v", (q,), bk, c, tiles, y, b, relu, padding, allow_tf32, False, cfg)
 
-    return run(x, gemm, k, bias, padding, m, r, pts, relu)
+    return launch(select.dense_config(v, q, m, r, allow_tf32, launch))
 
 
 def sparse_winograd_conv2d(x: torch.Tensor, packed: PackedWinogradWeight, bias: torch.Tensor | None,
-                           padding: tuple[int, int], relu: bool = False, allow_tf32: bool = False) -> torch.Tensor:
-    """Sparse Winograd convolution with a validated ``PackedWinogradWeight`` (its contents are
-    checked by ``packed.validate()``; here only what the launch itself needs, without a host sync)."""
+                           padding: tuple[int, int], relu: bool = False, allow_tf32: bool = False,
+                           winograd_relu: bool = False, path: str | None = None) -> torch.Tensor:
+    """Sparse Winograd convolution with a validated ``PackedWinogradWeight``. ``path`` forces one of
+    :data:`PATHS` (default: ``select.sparse_path``'s choice for this shape); ``winograd_relu``
+    applies a ReLU to V (Liu et al. 2018: y = Aᵀ[Q ⊙ ReLU(Bᵀ X B)]A)."""
     check_triton_dtype(x.dtype)
     packed.check_fields()
     _checks.check_tile_dtype(packed.m, packed.r, x.dtype)
@@ -151,11 +189,8 @@ def sparse_winograd_conv2d(x: torch.Tensor, packed: PackedWinogradWeight, bias: 
         # arrays only. A view loaded from a file or built by hand may have other strides.
         packed = dataclasses.replace(packed, indices=packed.indices.contiguous(),
                                      offsets=packed.offsets.contiguous(), _cast_cache=packed._cast_cache)
-    vals = packed.values_as(_checks.operand_dtype(x.dtype))  # contiguous
-
-    def gemm(v: torch.Tensor) -> torch.Tensor:
-        cfg = select.sparse_config(v, packed, vals, allow_tf32)
-        return sparse_winograd_gemm(v, vals, packed.indices, packed.offsets, packed.K, packed.group_k, allow_tf32,
-                                    cfg)
-
-    return run(x, gemm, packed.K, bias, padding, packed.m, packed.r, packed.points_fractions(), relu)
+    call = SparseCall(x, packed, packed.values_as(_checks.operand_dtype(x.dtype)), bias, padding, relu,
+                      allow_tf32, winograd_relu)
+    if path is None:
+        path = select.sparse_path(call).path
+    return call.run(path, select.sparse_config(call, path))

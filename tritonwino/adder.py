@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from . import _checks
 from ._triton_path import INDEX_LIMIT, check_index_range, check_triton_dtype
 from .functional import resolve_backend
-from .transforms import tile_size, winograd_matrices
+from .transforms import normalize_points, tile_size, winograd_matrices, winograd_matrices_exact
 
 __all__ = [
     "ADDER_MATRICES",
@@ -320,23 +320,29 @@ def _adder_triton(x, weight, bias, padding):
 
 @functools.lru_cache(maxsize=32)
 @torch.inference_mode(False)
-def _kron_padded(m: int, r: int, kind: str, device: torch.device):
-    """KB and KA in fp32, zero-padded to the transform kernels' power-of-two blocks."""
+def _ka_padded(m: int, r: int, kind: str, device: torch.device) -> torch.Tensor:
+    """KA in fp32, zero-padded to the output kernel's power-of-two block."""
     from .kernels._common import next_pow2
 
-    kb, ka = _kron(m, r, kind, torch.float64, torch.device("cpu"))
+    _, ka = _kron(m, r, kind, torch.float64, torch.device("cpu"))
     n = tile_size(m, r)
-    nn_, mm_ = next_pow2(n * n), next_pow2(m * m)
-    kbp = torch.zeros(nn_, nn_, dtype=torch.float64)
-    kbp[: n * n, : n * n] = kb
-    kap = torch.zeros(nn_, mm_, dtype=torch.float64)
+    kap = torch.zeros(next_pow2(n * n), next_pow2(m * m), dtype=torch.float64)
     kap[: n * n, : m * m] = ka
-    return kbp.float().to(device), kap.float().to(device)
+    return kap.float().to(device)
+
+
+@functools.lru_cache(maxsize=32)
+def _input_spec(m: int, r: int, kind: str):
+    """Bᵀ as the generated input-transform kernel takes it (both kinds share the standard Bᵀ)."""
+    from .kernels.codegen import TileSpec
+
+    at, _, bt = winograd_matrices_exact(m, r, normalize_points(m, r, None))
+    return TileSpec.from_lists(m, r, at, bt)
 
 
 def _winograd_adder_triton(x, weight, bias, padding, m, kind):
+    from .kernels.adder_output_transform import output_transform
     from .kernels.input_transform import input_transform
-    from .kernels.output_transform import output_transform
     from .kernels.winograd_adder import winograd_adder_domain
 
     nb, c, h, w_in = x.shape
@@ -345,13 +351,13 @@ def _winograd_adder_triton(x, weight, bias, padding, m, kind):
     ho, wo, th, tw = _tiles(h, w_in, r, m, padding)
     check_index_range(x, k, c, m, r, padding)
     opd = _checks.operand_dtype(x.dtype)
-    kb, ka = _kron_padded(m, r, kind, x.device)
-    v = input_transform(x, kb, n, m, padding, (th, tw), opd)  # (P, C, T)
+    v = input_transform(x, _input_spec(m, r, kind), padding, (th, tw), opd)  # (P, C, T)
     u = winograd_adder_weight(weight.detach().to(x.dtype), m, kind)  # float64, cast once
     u = u.permute(2, 3, 1, 0).reshape(n * n, c, k).to(opd).contiguous()  # (P, C, K)
     mm = winograd_adder_domain(v, u)  # (P, K, T) fp32
     y = _checks.empty_output(x, k, ho, wo)
-    return output_transform(mm, ka, None if bias is None else bias.to(x.dtype), y, m, (th, tw))
+    return output_transform(mm, _ka_padded(m, r, kind, x.device), None if bias is None else bias.to(x.dtype), y,
+                            m, (th, tw))
 
 
 # ------------------------------------------------------------------------------------------------

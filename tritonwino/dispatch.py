@@ -61,6 +61,7 @@ class Decision:
     source: str  # measured | cache | pinned | static
     times_ms: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    kernels: str = ""  # the Triton kernel sequence behind a Winograd path, and why (explain's column)
 
     def label(self) -> str:
         return self.path if self.path == "conv2d" else f"{self.path}-winograd/{self.backend}"

@@ -215,6 +215,9 @@ def sparse_winograd_conv2d(
         cached = packed_from_arrays(packed.values, packed.indices, packed.offsets, packed.m, packed.r, packed.K,
                                     packed.C, packed.block, packed.group_k, packed.points)
         return reference.sparse_winograd_conv2d(x, cached, bias, pad, relu)
+    if be == "triton" and x.is_cuda and torch.compiler.is_compiling():
+        # let Inductor see the kernels (a triton_op); the opaque custom op below everywhere else
+        return ops.sparse_winograd_conv2d_traceable(x, packed, bias, pad, relu, allow_tf32)
     return ops.sparse_winograd_conv2d_call(
         x, packed.values, packed.indices, packed.offsets, bias, list(pad), [packed.m, packed.r],
         [packed.K, packed.C], list(packed.block), ops.points_str(packed.points), be, relu, allow_tf32)

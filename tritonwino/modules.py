@@ -335,11 +335,27 @@ class SparseWinogradConv2d(torch.nn.Module):
                 # Never measure while tracing; a layer not run eagerly first gets the sparse path.
                 return "sparse", dispatch.winograd_backend(x)
             d = dispatch.decide(self, x)
+            d.kernels = self._kernels_for(x, d.path, d.backend)
             self._choices[key] = d
             self._drop_unused_forms()
         if d.backend != "torch" and torch.is_grad_enabled() and x.requires_grad:
             return d.path, "torch"  # the kernels have no backward: a recorded forward runs the torch twin
         return d.path, d.backend
+
+    def _kernels_for(self, x: torch.Tensor, path: str, backend: str) -> str:
+        """Which Triton kernels a Winograd path runs on ``x``'s bucket, and why (one or two for a
+        sparse layer: timed on a GPU, the counted-work model without one)."""
+        if backend != "triton" or path == "conv2d":
+            return ""
+        if path == "dense":
+            return "two-kernel: input transform + fused dense multiply (output transform in its epilogue)"
+        from . import _triton_path
+        from .tuning import select
+
+        packed = self.packed
+        call = _triton_path.SparseCall(x, packed, packed.values_as(_checks.operand_dtype(x.dtype)), None,
+                                       self.padding)
+        return select.sparse_path(call).describe()
 
     def _drop_unused_forms(self) -> None:
         used = {d.path for d in self._choices.values()}
@@ -801,7 +817,7 @@ class ExplainTable(list):
     """Rows (dicts) of :func:`explain`; ``str()`` renders a markdown table."""
 
     COLUMNS = ("layer", "type", "shape", "eligible", "winograd_sparsity", "input", "chosen", "source", "times_ms",
-               "why")
+               "why", "kernels")
 
     def __str__(self) -> str:
         def cell(v) -> str:
@@ -839,7 +855,7 @@ def explain(model: torch.nn.Module) -> ExplainTable:
                 dev, dtype, nb, h, w, cl = key
                 inp = f"{dev} {str(dtype).removeprefix('torch.')} N<={nb} {h}x{w}{' channels_last' if cl else ''}"
                 rows.append({**base, "input": inp, "chosen": d.label(), "source": d.source, "times_ms": d.times_ms,
-                             "why": d.reason})
+                             "why": d.reason, "kernels": d.kernels})
         elif isinstance(mod, torch.nn.Conv2d) or _packs_itself(mod):
             reason = log.get(name) or ineligible_reason(mod) or "eligible, not converted"
             w = getattr(mod, "weight", None)

@@ -10,6 +10,10 @@ whichever it uses. Schemas carry only what the tensors do not already say:
   ``values.shape[1]``, the number of kept slots ``indices.numel()``.
 * ``tritonwino::winograd_conv2d_pck(x, q_pck, bias, padding[2], tile[2], points, backend, relu,
   allow_tf32)`` — dense, from the position-major Winograd-domain weight ``q_pck`` (P, C, K).
+* ``tritonwino::sparse_winograd_conv2d_triton`` — a ``torch.library.triton_op``: the sparse Triton
+  path with its kernel path and config already chosen, its launches wrapped with ``wrap_triton`` so
+  that Inductor sees (and can schedule around) the kernels. The functional form uses it for CUDA
+  tensors while ``torch.compile`` traces; everywhere else the opaque custom op above runs.
 
 ``points`` is the comma-joined list of interpolation points (``"0,1,-1,2,-2"``; the schema has no
 list-of-strings type); ``backend`` is ``"torch"``, ``"triton"`` or ``"cpu"`` (already resolved).
@@ -29,7 +33,8 @@ from .packing import packed_from_arrays
 from .transforms import normalize_points, tile_size
 
 __all__ = ["points_str", "points_tuple", "sparse_winograd_conv2d_call", "sparse_winograd_conv2d_op",
-           "winograd_conv2d_pck_call", "winograd_conv2d_pck_op"]
+           "sparse_winograd_conv2d_traceable", "sparse_winograd_conv2d_triton_op", "winograd_conv2d_pck_call",
+           "winograd_conv2d_pck_op"]
 
 
 def points_str(points) -> str:
@@ -153,3 +158,50 @@ def _dense_fake(x, q_pck, bias, padding, tile, points, backend, relu, allow_tf32
     _checks.check_input(x, q_pck.shape[1])
     ho, wo = _checks.output_size(x.shape[2], x.shape[3], _pair(tile, "tile")[1], _pair(padding, "padding"))
     return _checks.empty_output(x, q_pck.shape[2], ho, wo)
+
+
+# --------------------------------------------------------------------------------------------
+# the sparse Triton path as a triton_op: torch.compile (Inductor) sees the kernel launches
+# --------------------------------------------------------------------------------------------
+@torch.library.triton_op("tritonwino::sparse_winograd_conv2d_triton", mutates_args=())
+def sparse_winograd_conv2d_triton_op(
+    x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
+    bias: torch.Tensor | None, padding: list[int], tile: list[int], channels: list[int], block: list[int],
+    points: str, relu: bool, allow_tf32: bool, path: str, config: list[int],
+) -> torch.Tensor:
+    """The sparse Triton path with its kernel path and launch config decided (``config`` =
+    [BLOCK_T, BLOCK_C, num_warps, num_stages]); ``values`` already in the operand dtype. No host
+    sync and no decision inside, so it traces. On CUDA only: the interpreter cannot run a
+    triton_op under torch.compile (reference/triton-on-cpu.md §5)."""
+    from .kernels.fused_multiply import FusedConfig
+    from .packing import PackedWinogradWeight
+
+    pad, (m, r), (k, c) = _pair(padding, "padding"), _pair(tile, "tile"), _pair(channels, "channels")
+    packed = PackedWinogradWeight(values, indices, offsets, m, r, k, c, _pair(block, "block"), int(values.shape[1]),
+                                  points_tuple(points))
+    call = _triton_path.SparseCall(x, packed, values, bias, pad, relu, allow_tf32)
+    return call.run(path, FusedConfig(*config), wrap=torch.library.wrap_triton)
+
+
+def sparse_winograd_conv2d_traceable(x: torch.Tensor, packed, bias: torch.Tensor | None, padding: tuple[int, int],
+                                     relu: bool = False, allow_tf32: bool = False) -> torch.Tensor:
+    """Call :func:`sparse_winograd_conv2d_triton_op` with the path and config ``tuning.select``
+    chose for this shape bucket (memoised: made by an eager call before compiling; a bucket first
+    seen while tracing gets the two-kernel path with its default config, as nothing can be timed
+    inside a trace)."""
+    from dataclasses import astuple
+
+    from .tuning import select
+
+    opd = _checks.operand_dtype(x.dtype)
+    # while tracing, the cast is a graph op (the cast cache keys on data pointers, which fakes lack)
+    values = packed.values.to(opd) if torch.compiler.is_compiling() else packed.values_as(opd)
+    call = _triton_path.SparseCall(x, packed, values, bias, padding, relu, allow_tf32)
+    if torch.compiler.is_compiling():
+        path, cfg = select.memoised_sparse_choice(call)
+    else:
+        path = select.sparse_path(call).path
+        cfg = select.sparse_config(call, path)
+    return sparse_winograd_conv2d_triton_op(
+        x, values, packed.indices, packed.offsets, bias, list(padding), [packed.m, packed.r], [packed.K, packed.C],
+        list(packed.block), points_str(packed.points), relu, allow_tf32, path, list(astuple(cfg)))
