@@ -5,7 +5,8 @@ layer shapes as in ``tritonwino.models``; random weights. Pruning: spatial struc
 (``SpatialPruner``, granularity (16, 1), F(4,3)) of every eligible conv to a target Winograd-domain
 sparsity — the masks are computed from random weights, so they are realistic in structure but not
 trained. Then ``convert(backend="auto")`` + ``tune_model`` (measured per-layer dispatch), and for
-comparison the same model pinned to the sparse torch path everywhere (``backend="torch"``).
+comparison the same model pinned to the sparse path everywhere (``backend="cpu"``, the C++ kernels, on
+CPU; ``"triton"`` on a GPU).
 
 Amdahl: the share of the dense model's time spent in eligible 3x3 stride-1 convs (forward hooks,
 ``perf_counter``), and the resulting bound 1 / (1 - share) if those convs cost nothing.
@@ -13,13 +14,14 @@ Amdahl: the share of the dense model's time spent in eligible 3x3 stride-1 convs
 CPU: batch {1, 8}; GPU (if present): batch {1, 8, 32}. Input size ``--size`` (default 64, not 224:
 a 2-core CPU needs seconds per VGG-16 forward at 224). Rows -> bench/results/models_<cpu|cuda>.*
 
-Run: python bench/models.py [--size 64] [--sparsities 0.5 0.75 0.9] [--reps 3]
+Run: python bench/models.py [--size 64] [--sparsities 0.5 0.75 0.9] [--reps 3] [--threads 2] [--name models_cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -60,6 +62,14 @@ def amdahl_share(model: torch.nn.Module, x: torch.Tensor, names: list[str], reps
     return statistics.median(shares)
 
 
+def _load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def _spread(t: dict) -> str:
+    return f"{t['ms_p20']:.3g}-{t['ms_p80']:.3g}" if t.get("ms_p20") is not None else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=64, help="input H = W (default 64)")
@@ -71,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="CPU threads (default 1: on a shared 2-core machine, 2 oneDNN threads competing with "
                          "other processes ran up to 50x slower and made every timing noise)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--name", default=None, help="result file stem (default models_<cpu|cuda>)")
     args = ap.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -81,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     factories = {"resnet18_max": resnet18_max, "vgg16": vgg16}
     rows = []
     t_all = time.time()
+    load_start = _load()
     for mname in args.models:
         torch.manual_seed(0)
         dense = factories[mname]().eval().to(device)
@@ -92,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             pruner.prune(sp)
             prune_s = time.time() - t0
             auto = convert(copy.deepcopy(pruned), m=4, block=(16, 1), backend="auto")
-            pinned = convert(copy.deepcopy(pruned), m=4, block=(16, 1), backend="torch" if device.type == "cpu"
+            pinned = convert(copy.deepcopy(pruned), m=4, block=(16, 1), backend="cpu" if device.type == "cpu"
                              else "triton")
             layers = [m for m in auto.modules() if isinstance(m, SparseWinogradConv2d)]
             wsp = sum(m.winograd_sparsity() * m.in_channels * m.out_channels for m in layers) / sum(
@@ -115,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                        "eligible_convs": len(names), "tile": "F(4,3)", "block": "16x1",
                        "dense_ms": t_dense["ms"], "converted_auto_ms": t_auto["ms"],
                        "dense_ms_min": t_dense.get("ms_min"), "converted_auto_ms_min": t_auto.get("ms_min"),
+                       "dense_p20_p80": _spread(t_dense), "auto_p20_p80": _spread(t_auto),
+                       "sparse_everywhere_p20_p80": _spread(t_pin),
                        "speedup_auto": t_dense["ms"] / t_auto["ms"],
                        "sparse_everywhere_ms": t_pin["ms"], "speedup_sparse_everywhere": t_dense["ms"] / t_pin["ms"],
                        "eligible_share": share, "amdahl_bound": 1 / max(1e-9, 1 - share),
@@ -122,32 +136,32 @@ def main(argv: list[str] | None = None) -> int:
                        "chosen_sparse": chosen.count("sparse"), "max_rel_err_vs_pruned": err,
                        "prune_s": prune_s, "tune_s": tune_s,
                        "masks": "SpatialPruner(16,1) on random weights", "path_sparse_everywhere":
-                       "torch" if device.type == "cpu" else "triton", **env}
+                       "cpu" if device.type == "cpu" else "triton", **env}
                 rows.append(row)
                 print(f"{mname} N={nb} sp={sp}: dense {t_dense['ms']:.1f} ms, auto {t_auto['ms']:.1f} ms "
                       f"({row['speedup_auto']:.2f}x), sparse-everywhere {t_pin['ms']:.1f} ms "
                       f"({row['speedup_sparse_everywhere']:.2f}x), eligible share {share:.0%}, chosen "
                       f"conv2d/dense/sparse {row['chosen_conv2d']}/{row['chosen_dense']}/{row['chosen_sparse']}",
                       file=sys.stderr, flush=True)
-    name = f"models_{device.type}"
+    name = args.name or f"models_{device.type}"
     write_rows(rows, args.out, name)
-    cols = ["model", "input", "target_sparsity", "winograd_sparsity", "dense_ms", "converted_auto_ms", "speedup_auto",
-            "sparse_everywhere_ms", "speedup_sparse_everywhere", "eligible_share", "amdahl_bound", "chosen_conv2d",
-            "chosen_dense", "chosen_sparse"]
+    cols = ["model", "input", "target_sparsity", "winograd_sparsity", "dense_ms", "dense_p20_p80", "converted_auto_ms",
+            "auto_p20_p80", "speedup_auto", "sparse_everywhere_ms", "speedup_sparse_everywhere", "eligible_share",
+            "amdahl_bound", "chosen_conv2d", "chosen_dense", "chosen_sparse"]
     note = (f"# End-to-end model latency ({env['device']}, {env['threads']} threads, {env['timer']})\n\n"
             f"Input {args.size}x{args.size} (not 224: CPU time budget). Random weights; masks from spatial "
             "structured pruning at (16,1) granularity to the target Winograd-domain sparsity (F(4,3)). "
             "`converted_auto`: measured per-layer dispatch (conv2d / dense Winograd / sparse Winograd); "
             "`sparse_everywhere`: every eligible layer pinned to the sparse path "
-            f"({'torch path' if device.type == 'cpu' else 'Triton kernels'}). `eligible_share`: fraction of the "
+            f"({'C++ cpu kernels' if device.type == 'cpu' else 'Triton kernels'}). `eligible_share`: fraction of the "
             "dense model's time in eligible 3x3 stride-1 convs; `amdahl_bound` = 1/(1-share). "
             f"Median of {args.reps} interleaved runs (dense, auto, sparse-everywhere in turn). "
             f"Total run {time.time() - t_all:.0f} s.\n\n")
     if device.type == "cpu":
-        note += (f"CPU timings on a shared machine (other processes were running), {args.threads} thread(s) "
-                 "to avoid oversubscription stalls; differences under ~10% are noise. "
-                 "The CPU runs torch paths, not the Triton kernels: nothing here says anything "
-                 "about GPU speed.\n\n")
+        note += (f"CPU timings, {args.threads} thread(s); 1-minute load average {load_start:.2f} at the start and "
+                 f"{_load():.2f} at the end of the run (the machine has {os.cpu_count()} cores). The CPU runs the "
+                 "C++ kernels and torch paths, not the Triton kernels: nothing here says anything about GPU "
+                 "speed.\n\n")
     (Path(args.out) / f"{name}.md").write_text(note + markdown_table(rows, cols))
     print(f"wrote {args.out}/{name}.csv/.json/.md", file=sys.stderr)
     return 0

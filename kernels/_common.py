@@ -45,13 +45,3 @@ def check_triton_device(*tensors: torch.Tensor) -> None:
                 "TRITON_INTERPRET=1 in the environment before importing tritonwino "
                 "(or use backend='torch'/'auto')"
             )
-
-
-def transform_launch(nn: int, t_total: int, wide_warps: int = 8) -> tuple[int, int]:
-    """(BLOCK_T, num_warps) of the transform kernels. With 64-wide tiles (n*n or m*m padded to 64)
-    a 64-tile block needs more than 255 registers per thread with 4 warps and spills; 32 tiles fit
-    (input transform: 8 warps; output transform: 4 warps, as 8 spill 64 bytes with fp16/bf16 ReLU on
-    sm_90). compile-check verifies every shipped combination for sm_80 and sm_90."""
-    if interpreting():
-        return min(1024, next_pow2(t_total)), 4
-    return (32, wide_warps) if nn >= 64 else (64, 4)

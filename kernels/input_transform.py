@@ -1,143 +1,130 @@
-"""Stage 1: padding, tiling and V = Bᵀ X B in one kernel (no unfold / im2col tensor).
+"""Stage 1 of the two-kernel path: padding, tiling and V = Bᵀ X B (+ optional Winograd-domain
+ReLU) in one kernel, with the transform generated from the exact matrices (``codegen``).
 
-Each program takes BLOCK_T tiles of one input channel, gathers their n×n windows straight from
-x (masked: zero padding and partial tiles), and multiplies the flattened windows by
-KB = kron(Bᵀ, Bᵀ)ᵀ with one fp32 `tl.dot`. V is written as (P, C, T) — positions outermost, tiles
-contiguous — which is what both Winograd-domain GEMMs read.
+Each program takes a (BLOCK_T tiles × BLOCK_C channels) block, loads the n² window elements of
+each (masked: zero padding and partial tiles), runs the constant-folded separable transform in
+fp32 and writes V as (P, C, T) — positions outermost, tiles contiguous — in the GEMM operand dtype.
 
-Decomposed convolutions (tritonwino.dwm: stride 2, large kernels) read x in place: V channel c is
-virtual channel ``piece·C_IN + c_in``, whose window element (a, b) of tile row ty is
-``x[c_in, STRIDE·(ty·m + a) + oy − PAD_H, ...]`` with the piece's (oy, ox) from a small table
-(a plain convolution is one piece at (0, 0), stride 1). Window rows/columns past the expanded
-input's extent HX × WX read zero, as in the torch twin. WINOGRAD_RELU applies ReLU to V (Liu et al.).
-
-Notation and layouts (F(m, r), n, P, T, V, Q, M, group_k): docs/notation.md.
+Decomposed convolutions (``tritonwino.dwm``: stride 2, even and large kernels) run the generated
+kernel's ``decomposed`` variant, which reads x in place: V channel c is the virtual channel
+``piece·C_IN + c_in``, whose window element (a, b) of tile row ty is
+``x[c_in, STRIDE·(ty·m + a) + oy − PAD_H, ...]`` with the piece's (oy, ox) from a small int32
+table; rows/columns past the expanded input's extent HX × WX read zero, as in the torch twin
+(``dwm.expand_input``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
-import triton.language as tl
 
-from ._common import TL_NAME, check_triton_device, next_pow2, transform_launch
+from ._common import TL_NAME, check_triton_device, interpreting, next_pow2
+from .codegen import TileSpec, input_transform_kernel
 from .registry import CompileSpec
 
 
-@triton.jit
-def _input_transform_kernel(
-    x_ptr,            # input (N, C_IN, H, W), any strides (NCHW or channels_last)
-    kb_ptr,           # fp32 (NN, NN): KB zero-padded, row = window element, col = position
-    v_ptr,            # output (P, C, T), contiguous
-    off_ptr,          # int32 (C // C_IN, 2): per piece, the (row, column) offset into the padded input
-    C, C_IN, H, W, HX, WX, TW, TILES_PER_IMG, T, PAD_H, PAD_W, STRIDE,
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    N_TILE: tl.constexpr,   # n, input tile side
-    M_TILE: tl.constexpr,   # m, output tile side (tile stride)
-    NN: tl.constexpr,       # n*n rounded up to a power of two (>= 16)
-    BLOCK_T: tl.constexpr,
-    WINOGRAD_RELU: tl.constexpr,
-):
-    pid_t = tl.program_id(0)
-    c = tl.program_id(1).to(tl.int64)  # virtual channel piece·C_IN + c_in
-    piece = c // C_IN
-    c_in = c % C_IN
-    oy = tl.load(off_ptr + 2 * piece)
-    ox = tl.load(off_ptr + 2 * piece + 1)
-    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    t_mask = t < T
-    img = t // TILES_PER_IMG
-    rem = t % TILES_PER_IMG
-    ty = rem // TW
-    tx = rem % TW
+@dataclass(frozen=True)
+class InputConfig:
+    block_t: int
+    block_c: int
+    num_warps: int = 4
 
-    e = tl.arange(0, NN)
-    a = e // N_TILE
-    b = e % N_TILE
-    i = ty[:, None] * M_TILE + a[None, :]  # row of the (virtual) expanded input
-    j = tx[:, None] * M_TILE + b[None, :]
-    h = i * STRIDE + oy - PAD_H
-    w = j * STRIDE + ox - PAD_W
-    mask = (t_mask[:, None] & (e[None, :] < N_TILE * N_TILE) & (i < HX) & (j < WX)
-            & (h >= 0) & (h < H) & (w >= 0) & (w < W))
-    offs = (img.to(tl.int64)[:, None] * stride_xn + c_in * stride_xc
-            + h.to(tl.int64) * stride_xh + w.to(tl.int64) * stride_xw)
-    win = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    @property
+    def label(self) -> str:
+        return f"T{self.block_t} C{self.block_c} w{self.num_warps}"
 
-    kb = tl.load(kb_ptr + e[:, None] * NN + e[None, :])
-    v = tl.dot(win, kb, input_precision="ieee")  # the transform itself is always full fp32
-    if WINOGRAD_RELU:
-        v = tl.maximum(v, 0.0)
 
-    p = e
-    v_offs = p.to(tl.int64)[None, :] * C * T + c * T + t[:, None]
-    v_mask = t_mask[:, None] & (p[None, :] < N_TILE * N_TILE)
-    tl.store(v_ptr + v_offs, v.to(v_ptr.dtype.element_ty), mask=v_mask)
+def gpu_config(n: int) -> InputConfig:
+    """About two values of each of the ~n² live transform variables per thread for n <= 6, one for
+    n = 8 (compile-check proves these spill-free on sm_80 and sm_90)."""
+    return InputConfig(32, 8, 4) if n <= 6 else InputConfig(32, 4, 4)
+
+
+def interpreter_config(t_total: int, c: int) -> InputConfig:
+    """Large blocks: the interpreter's cost is per program and per op, not per element."""
+    return InputConfig(min(256, next_pow2(t_total)), min(16, next_pow2(c, 1)), 4)
 
 
 def input_transform(
     x: torch.Tensor,
-    kb: torch.Tensor,
-    n: int,
-    m: int,
+    spec: TileSpec,
     padding: tuple[int, int],
     tiles: tuple[int, int],
     out_dtype: torch.dtype,
+    winograd_relu: bool = False,
+    config: InputConfig | None = None,
+    wrap=None,
     offsets: torch.Tensor | None = None,
     stride: int = 1,
     extent: tuple[int, int] | None = None,
-    winograd_relu: bool = False,
 ) -> torch.Tensor:
-    """Launch stage 1. ``kb`` is the padded fp32 (NN, NN) KB on x's device; returns V (P, C, T).
+    """Launch stage 1 on x (N, C, H, W), any strides; returns V (P, C, T) in ``out_dtype``.
+    ``wrap`` (e.g. ``torch.library.wrap_triton``) wraps the kernel before the launch.
 
-    A decomposed convolution passes ``offsets`` (int32 (pieces, 2) on x's device), ``stride`` and
-    ``extent`` = (HX, WX), the expanded input's size; V then has C = C_in · pieces channels."""
-    check_triton_device(x, kb)
+    A decomposed convolution passes ``offsets`` (int32 (pieces, 2), contiguous, on x's device: per
+    piece the (row, column) offset into the padded input), ``stride`` and ``extent`` = (HX, WX),
+    the expanded input's size; V then has C = C_in · pieces channels."""
+    check_triton_device(x)
     nb, c_in, h, w = x.shape
-    if offsets is None:
-        offsets = torch.zeros((1, 2), dtype=torch.int32, device=x.device)
-    if extent is None:
-        extent = (h + 2 * padding[0], w + 2 * padding[1])
-    assert offsets.dtype == torch.int32 and offsets.shape[1] == 2 and offsets.is_contiguous()
-    c = c_in * offsets.shape[0]
     th, tw = tiles
+    n = spec.n
     t_total = nb * th * tw
-    nn = kb.shape[0]
-    assert nn == next_pow2(n * n) and kb.dtype == torch.float32 and kb.is_contiguous()
+    decomposed = offsets is not None
+    if decomposed:
+        check_triton_device(x, offsets)
+        if offsets.dtype != torch.int32 or offsets.dim() != 2 or offsets.shape[1] != 2 or not offsets.is_contiguous():
+            raise ValueError(f"offsets must be a contiguous int32 (pieces, 2) tensor, got {offsets.dtype} "
+                             f"{tuple(offsets.shape)}")
+        if extent is None or stride < 1:
+            raise ValueError("a decomposed input transform needs the stride (>= 1) and the extent (HX, WX)")
+        c = c_in * offsets.shape[0]
+    else:
+        c = c_in
     v = torch.empty((n * n, c, t_total), device=x.device, dtype=out_dtype)
     if t_total == 0 or c == 0:
         return v
-    block_t, num_warps = transform_launch(nn, t_total)
-    grid = (triton.cdiv(t_total, block_t), c)
-    _input_transform_kernel[grid](
-        x, kb, v, offsets, c, c_in, h, w, extent[0], extent[1], tw, th * tw, t_total, padding[0], padding[1], stride,
+    cfg = config or (interpreter_config(t_total, c) if interpreting() else gpu_config(n))
+    grid = (triton.cdiv(t_total, cfg.block_t), triton.cdiv(c, cfg.block_c))
+    kern = input_transform_kernel(spec, decomposed)
+    if decomposed:
+        head = (x, v, offsets, c, c_in, h, w, extent[0], extent[1], tw, th * tw, t_total, padding[0], padding[1],
+                stride)
+    else:
+        head = (x, v, c, h, w, tw, th * tw, t_total, padding[0], padding[1])
+    (wrap(kern) if wrap is not None else kern)[grid](
+        *head,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
-        N_TILE=n, M_TILE=m, NN=nn, BLOCK_T=block_t, WINOGRAD_RELU=winograd_relu, num_warps=num_warps,
+        BLOCK_T=cfg.block_t, BLOCK_C=cfg.block_c, WINOGRAD_RELU=winograd_relu,
+        num_warps=cfg.num_warps,
     )
     return v
 
 
-def compile_specs() -> list[CompileSpec]:
+def compile_specs(tiles) -> list[CompileSpec]:
+    """Every config this launcher can run, for ``tiles``: (name, TileSpec) pairs; each tile in the
+    plain and in the decomposed variant (DWM pieces run as F(m, 2) or F(m, 3))."""
     specs = []
-    # F(m, 3) tiles, and the F(m, 2) pieces of 3×3 stride-2 convolutions (tritonwino.dwm); the
-    # Winograd-domain ReLU on the fp16 variants (it adds one max per element).
-    for (m, n) in ((2, 4), (4, 6), (6, 8), (2, 3), (4, 5), (6, 7)):
-        nn = next_pow2(n * n)
-        for in_dt in (torch.float32, torch.float16, torch.bfloat16):
-            out_dt = torch.float32 if in_dt == torch.float32 else in_dt
-            sig = {
-                "x_ptr": f"*{TL_NAME[in_dt]}", "kb_ptr": "*fp32", "v_ptr": f"*{TL_NAME[out_dt]}", "off_ptr": "*i32",
-                **{k: "i32" for k in ("C", "C_IN", "H", "W", "HX", "WX", "TW", "TILES_PER_IMG", "T", "PAD_H",
-                                      "PAD_W", "STRIDE", "stride_xn", "stride_xc", "stride_xh", "stride_xw")},
-                "N_TILE": "constexpr", "M_TILE": "constexpr", "NN": "constexpr", "BLOCK_T": "constexpr",
-                "WINOGRAD_RELU": "constexpr",
-            }
-            block_t, num_warps = transform_launch(nn, 1 << 20)
-            for wrelu in (False, True) if in_dt == torch.float16 else (False,):
-                specs.append(CompileSpec(
-                    kernel="input_transform", fn=_input_transform_kernel, signature=sig,
-                    constexprs={"N_TILE": n, "M_TILE": m, "NN": nn, "BLOCK_T": block_t, "WINOGRAD_RELU": wrelu},
-                    num_warps=num_warps, num_stages=1,
-                    label=f"F({m},{n - m + 1}) T{block_t} w{num_warps} {TL_NAME[in_dt]}{' wrelu' if wrelu else ''}",
-                ))
+    for name, spec in tiles:
+        for decomposed in (False, True):
+            for in_dt in (torch.float32, torch.float16, torch.bfloat16):
+                cfg = gpu_config(spec.n)
+                ints = (("C", "C_IN", "H", "W", "HX", "WX", "TW", "TILES_PER_IMG", "T", "PAD_H", "PAD_W", "STRIDE")
+                        if decomposed else ("C", "H", "W", "TW", "TILES_PER_IMG", "T", "PAD_H", "PAD_W"))
+                sig = {
+                    "x_ptr": f"*{TL_NAME[in_dt]}", "v_ptr": f"*{TL_NAME[in_dt]}",
+                    **({"off_ptr": "*i32"} if decomposed else {}),
+                    **{k: "i32" for k in (*ints, "stride_xn", "stride_xc", "stride_xh", "stride_xw")},
+                    "BLOCK_T": "constexpr", "BLOCK_C": "constexpr", "WINOGRAD_RELU": "constexpr",
+                }
+                for relu in (False, True) if in_dt == torch.float16 else (False,):
+                    specs.append(CompileSpec(
+                        kernel="input_transform_dwm" if decomposed else "input_transform",
+                        fn=input_transform_kernel(spec, decomposed), signature=sig,
+                        constexprs={"BLOCK_T": cfg.block_t, "BLOCK_C": cfg.block_c, "WINOGRAD_RELU": relu},
+                        num_warps=cfg.num_warps, num_stages=1,
+                        label=f"{name}{' dwm' if decomposed else ''} {cfg.label} {TL_NAME[in_dt]}"
+                              f"{' wrelu' if relu else ''}",
+                    ))
     return specs

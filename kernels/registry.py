@@ -8,15 +8,17 @@ needs plus the launch options, so the AOT gate compiles what the launcher launch
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 # Modules under tritonwino.kernels that hold @triton.jit kernels and a compile_specs() function.
 KERNEL_MODULES = (
     "input_transform",
-    "winograd_gemm",
-    "sparse_winograd_gemm",
-    "output_transform",
+    "fused_multiply",
+    "adder_conv",
+    "winograd_adder",
+    "adder_output_transform",
 )
 
 
@@ -33,7 +35,9 @@ class CompileSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def all_compile_specs() -> list[CompileSpec]:
+def all_compile_specs(tiles: Sequence[tuple[str, Any]]) -> list[CompileSpec]:
+    """Every shipped config of every kernel module, generated for ``tiles``: (name, ``TileSpec``)
+    pairs (the Python layer owns the matrices: ``tritonwino._triton_path.shipped_tiles()``)."""
     specs: list[CompileSpec] = []
     for name in KERNEL_MODULES:
         try:
@@ -42,5 +46,5 @@ def all_compile_specs() -> list[CompileSpec]:
             if e.name == f"tritonwino.kernels.{name}":
                 continue  # kernel module not written yet
             raise
-        specs.extend(mod.compile_specs())
+        specs.extend(mod.compile_specs(tiles))
     return specs

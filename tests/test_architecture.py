@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # Rooms built on top of the library: the core must never import them.
 TOP_ROOMS = ("tritonwino.cli", "tritonwino.experiments", "tritonwino.pruning")
 # The core: what `import tritonwino.sparse_conv` may pull in.
-CORE = ("tritonwino.kernels", "tritonwino._checks", "tritonwino._triton_path", "tritonwino.dispatch", "tritonwino.dwm",
-        "tritonwino.env", "tritonwino.functional", "tritonwino.modules", "tritonwino.ops", "tritonwino.packing",
-        "tritonwino.reference", "tritonwino.sparse_conv", "tritonwino.tables", "tritonwino.transforms",
-        "tritonwino.tuning")
+CORE = ("tritonwino.kernels", "tritonwino._checks", "tritonwino._cpu_path", "tritonwino._triton_path",
+        "tritonwino.dispatch", "tritonwino.dwm", "tritonwino.env", "tritonwino.functional", "tritonwino.modules",
+        "tritonwino.ops", "tritonwino.packing", "tritonwino.reference", "tritonwino.sparse_conv", "tritonwino.tables",
+        "tritonwino.transforms", "tritonwino.tuning")
 EXTRA_PACKAGES = ("pandas", "matplotlib", "tqdm", "sklearn")
 
 

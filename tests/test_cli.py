@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,9 +75,15 @@ def test_bench_rows_and_plots(bench_dir):
     dev = "cuda" if HAS_CUDA else "cpu"
     df = pd.read_csv(bench_dir / f"sparse_layers_{dev}.csv")
     assert BENCH_COLUMNS <= set(df.columns), BENCH_COLUMNS - set(df.columns)
-    paths = ["torch", "triton"] if HAS_CUDA else ["torch"]
+    from tritonwino.experiments.layer_bench import default_paths
+
+    paths = default_paths(torch.device(dev))
+    assert HAS_CUDA or "cpu" in paths or shutil.which("g++") is None  # the C++ kernels are timed where they build
     assert len(df) == 2 * len(paths)  # 1 shape x 2 sparsities x 1 block x 1 tile x 1 batch x paths
     assert set(df["path"]) == set(paths)
+    # one interleaved run per shape: every row shares the conv2d timing it is compared with
+    assert df["conv2d_ms"].nunique() == 1 and (df["conv2d_ms_p20"] <= df["conv2d_ms_p80"]).all()
+    assert set(df["timing"]) == {"interleaved"}
     assert (df[["C", "K", "H", "W", "N"]].values == [16, 16, 8, 8, 1]).all()
     assert set(df["tile"]) == {"F(2,3)"} and set(df["block"]) == {"16x1"}
     dense, pruned = df[df.target_sparsity == 0].iloc[0], df[df.target_sparsity == 0.9].iloc[0]
@@ -209,9 +216,10 @@ def test_tune_triton_loop_writes_kernel_cache(tmp_path):
     dev = torch.cuda.get_device_name() if HAS_CUDA else "cpu-interpreter"
     cache = TuningCache(cache_dir / cache_path(dev).name, device=dev)
     df = pd.read_csv(tmp_path / "out" / f"tune_{'cuda' if HAS_CUDA else 'cpu'}.csv")
-    assert sorted(df["kernel"]) == ["sparse_winograd_gemm", "winograd_gemm"]
+    # float32: the two-kernel sparse path only (the one-kernel path is for half operands)
+    assert sorted(df["kernel"]) == ["fused_dense", "fused_sparse"] + (["sparse_path"] if HAS_CUDA else [])
     if not HAS_CUDA:  # the interpreter run times exactly two configs per kernel
-        assert cache.summary() == {"sparse_winograd_gemm": 1, "winograd_gemm": 1}
+        assert cache.summary() == {"fused_dense": 1, "fused_sparse": 1}
         assert (df["candidates"] == 2).all()
     for row in df.itertuples():
         if row.candidates == 1:  # a single config is used without timing, and not cached
@@ -261,8 +269,17 @@ def test_tune_saved_model(tmp_path):
     assert proc.returncode != 0 and "state_dict" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_tune_dry_run_without_layers_shows_the_default_plan(tmp_path):
+    proc = run_cli("tune", "--dry-run", cache_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "the plan for the default, --arch resnet18" in proc.stdout
+    assert "dry run:" in proc.stdout and proc.stdout.count("layers.") >= 16
+    proc = run_cli("tune", cache_dir=tmp_path)  # timing needs an explicit choice
+    assert proc.returncode != 0 and "exactly one of --arch, --model or --shapes" in proc.stderr
+    assert "--dry-run alone shows the plan" in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("args, message", [
-    ([], "exactly one of --arch, --model or --shapes"),
     (["--arch", "vgg16", "--shapes", "16:16:8"], "exactly one of"),
     (["--shapes", "16:16"], "C:K:H"),
     (["--shapes", "16:16:8", "--block", "16-1"], "BKxBC"),

@@ -136,7 +136,9 @@ def test_cli_compile_check_subset(tmp_path):
                           env=env, capture_output=True, text=True, timeout=600)
     from tritonwino.kernels.registry import all_compile_specs
 
-    specs = select_specs(all_compile_specs(), limit=1)
+    from tritonwino._triton_path import shipped_tiles
+
+    specs = select_specs(all_compile_specs(shipped_tiles()), limit=1)
     if not specs:
         assert proc.returncode == 0, proc.stderr
         assert "nothing to check" in proc.stdout
@@ -183,3 +185,17 @@ def test_select_specs_and_table():
     assert cells(table[0]) == list(COLUMNS)
     assert cells(table[2])[:7] == ["dot", "64x64x32 fp16", "sm_80", "128", "0", "-", "16384"]
     assert "yes" in table[2] and "FAIL" in table[3]
+
+
+def test_occupancy_from_registers_and_shared_memory():
+    """Resident warps per SM by the CUDA occupancy rules (registers allocated per warp in units of
+    256, 1 KB of shared memory reserved per block), A100 and H100 limits."""
+    from tritonwino.aot import SM_LIMITS, occupancy
+
+    a100, h100 = SM_LIMITS["sm_80"], SM_LIMITS["sm_90"]
+    assert occupancy(255, 1536, 8, a100) == (8, "regs")        # 8192 regs per warp: 8 warps, one block
+    assert occupancy(128, 16384, 4, a100) == (16, "regs")      # 4096 per warp: 16 warps
+    assert occupancy(40, 0, 4, h100) == (48, "regs")           # 40*32=1280 -> 1280: 51 warps -> 12 blocks of 4
+    assert occupancy(32, 0, 4, h100)[0] == 64                  # the 64-warp ceiling
+    assert occupancy(64, 100_000, 4, h100) == (8, "smem")      # 228 KB / (100000 + 1024) -> 2 blocks
+    assert occupancy(64, 100_000, 4, a100) == (4, "smem")      # 164 KB -> 1 block

@@ -28,7 +28,7 @@ def _spatial_layer(c=8, k=16, sparsity=0.6, seed=0):
 def _winograd_direct_layer(c=8, k=16):
     q = torch.randn(k, c, 6, 6, dtype=torch.float64)
     q = q * (torch.rand(1, c, 6, 6) > 0.5).to(q.dtype)
-    return SparseWinogradConv2d(pack_winograd_weight(q, (16, 1)), None, 1, "auto"), q
+    return SparseWinogradConv2d(pack_winograd_weight(q, (16, 1), dtype=torch.float32), None, 1, "auto"), q
 
 
 def _fake_times(monkeypatch, times):
@@ -59,10 +59,16 @@ def test_layer_runs_the_chosen_path_and_its_output_is_right(monkeypatch, times, 
     (d,) = layer.dispatch_decisions().values()
     assert d.path == expected and d.source == "measured" and d.times_ms == times
     assert float((y.double() - ref).abs().max() / ref.abs().max()) < 2e-5
-    # only the dense forms the chosen path needs are kept in memory
-    assert (layer._w_spatial is not None) == (expected == "conv2d")
+    # only the dense Q the chosen path needs is kept in memory; the spatial weight a spatially
+    # pruned layer was built from is kept whatever runs (its checkpoint stores it instead of Q)
+    assert layer._w_spatial is not None
     assert (layer._q_pck is not None) == (expected == "dense")
-    assert "_w_spatial" not in layer.state_dict() and "_q_pck" not in layer.state_dict()
+    assert set(layer.state_dict()) == {"weight_mask", "weight_nonzeros", "bias", "_extra_state"}
+    direct, _ = _winograd_direct_layer()
+    _fake_times(monkeypatch, {"dense": 2.0, "sparse": 1.0})
+    with torch.no_grad():
+        direct(x)
+    assert direct._w_spatial is None and direct._q_pck is None  # sparse chosen, no spatial weight exists
 
 
 def test_winograd_direct_q_never_runs_conv2d(monkeypatch):

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["tritonwino.functional", "tritonwino.modules", "tritonwino.packing", "tritonwino.tables",
+MODULES = ["tritonwino.adder", "tritonwino.functional", "tritonwino.modules", "tritonwino.packing", "tritonwino.tables",
            "tritonwino.testing", "tritonwino.transforms", "tritonwino.tuning.timer",
            "tritonwino.experiments.training", "tritonwino.experiments.rows", "tritonwino.pruning.layers"]
 

@@ -216,3 +216,57 @@ def test_triton_partial_tiles_read_zero_past_the_expanded_input(device):
         y = winograd_conv2d(x, w, None, 0, 6, backend="triton", stride=2, winograd_relu=wrelu)
         y_t = winograd_conv2d(x, w, None, 0, 6, backend="torch", stride=2, winograd_relu=wrelu)
         torch.testing.assert_close(y, y_t, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("k,s,p,m", [(3, 2, 1, 4), (7, 2, 3, 2), (7, 2, 0, 2), (5, 1, 2, 6), (5, 1, 0, 4),
+                                     (4, 2, 0, 4), (4, 1, 1, 2)])
+def test_triton_decomposed_input_transform_reads_only_inside_x(k, s, p, m, device):
+    """x is a view into a NaN-filled buffer (odd sizes, more channels than one BLOCK_C, a channel
+    offset): any read outside x's own elements (a wrong row/column/channel mask) would put a NaN in
+    V and hence in the output. V and the result must match the torch twin (expand_input)."""
+    from tritonwino import _triton_path
+    from tritonwino.reference import tile_grid
+    from tritonwino.transforms import normalize_points
+
+    c, h, w = 19, 11, 9
+    big = torch.full((2, c + 3, h + 6, w + 7), float("nan"), device=device)
+    x = big[:, 1:1 + c, 3:3 + h, 2:2 + w]
+    x.copy_(torch.randn(2, c, h, w, device=device))
+    d = dwm.decomposition(k, s)
+    pts = normalize_points(m, d.r, None)
+    spec = _triton_path.tile_spec(m, d.r, pts)
+    ho, wo = dwm.output_size(h, w, k, s, (p, p))
+    tiles = tile_grid(ho, wo, m)
+    for wrelu in (False, True):
+        v = _triton_path.transform_input(x, spec, (p, p), tiles, torch.float32, wrelu, d, (ho, wo))
+        assert torch.isfinite(v).all()
+        xe = dwm.expand_input(x.clone(), d, (p, p))  # (N, C·pieces, HO + r - 1, WO + r - 1), padding 0
+        v_t = _triton_path.transform_input(xe.contiguous(), spec, (0, 0), tiles, torch.float32, wrelu, None,
+                                           (ho, wo))
+        torch.testing.assert_close(v, v_t, rtol=1e-5, atol=1e-5)
+    _, packed, _ = _packed(k, s, c=c, m=m, prune=0.3)
+    packed = packed.to(device)
+    y = sparse_winograd_conv2d(x, packed, None, p, backend="triton")
+    y_t = sparse_winograd_conv2d(x.clone(), packed, None, p, backend="torch")
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, y_t, rtol=1e-4, atol=1e-4)
+
+
+def test_decomposed_layers_never_take_the_one_kernel_path(monkeypatch):
+    """The one-kernel multiply transforms x itself and knows nothing of pieces: the path choice is
+    two kernels for decomposed weights (even with the env override), and forcing one is refused."""
+    from tritonwino import _triton_path
+    from tritonwino.tuning import select
+
+    _, packed, _ = _packed(3, 2, c=4)
+    x = torch.randn(1, 4, 9, 9, dtype=torch.float16)
+    call = _triton_path.SparseCall(x, packed, packed.values_as(torch.float16), None, (1, 1))
+    monkeypatch.setenv(select.PATH_ENV, "one-kernel")
+    choice = select.sparse_path(call)
+    assert (choice.path, choice.source) == ("two-kernel", "rule")
+    assert select.memoised_sparse_choice(call)[0] == "two-kernel"
+    with pytest.raises(ValueError, match="two-kernel"):
+        call.run("one-kernel")
+    with pytest.raises(ValueError, match="two-kernel"):
+        _triton_path.sparse_winograd_conv2d(x, packed, None, (1, 1), path="one-kernel")

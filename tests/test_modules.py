@@ -138,75 +138,163 @@ def test_convert_root_conv_and_bad_arguments():
 
 
 # ---- save / load -------------------------------------------------------------------------------
-def _converted_pair(seed_a=0, seed_b=1, m=4, k=32):
-    def make(seed, sp):
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Conv2d(16, k, 3, padding=1), nn.ReLU(), nn.Conv2d(k, k, 3, padding=1))
-        pruner = SpatialPruner(model, m=m, block=(16, 1), keep_dense=None, tol=1e-3, max_iter=25)
-        pruner.prune(sp)
-        return model
+def _spatially_pruned(seed, sp, m=4, k=32, dtype=torch.float32):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(16, k, 3, padding=1), nn.ReLU(), nn.Conv2d(k, k, 3, padding=1)).to(dtype)
+    if sp:
+        SpatialPruner(model, m=m, block=(16, 1), keep_dense=None, tol=1e-3, max_iter=25).prune(sp)
+    return model
 
-    a = convert(make(seed_a, 0.8), m=m, backend="torch")
-    b = convert(make(seed_b, 0.5), m=m, backend="torch")
+
+def _winograd_pruned(seed, sp, m=4, k=32, dtype=torch.float32):
+    from tritonwino.pruning import WinogradPruner, convert_to_winograd
+
+    model = _spatially_pruned(seed, 0.0, m, k, dtype)
+    convert_to_winograd(model, m=m)
+    if sp:
+        WinogradPruner(model, block=(16, 1), keep_dense=None).prune(sp)
+    return model
+
+
+def _converted_pair(seed_a=0, seed_b=1, m=4, k=32, kind="spatial"):
+    make = _spatially_pruned if kind == "spatial" else _winograd_pruned
+    a = convert(make(seed_a, 0.8, m, k), m=m, backend="torch")
+    b = convert(_spatially_pruned(seed_b, 0.5, m, k), m=m, backend="torch")  # a freshly built converted model
     return a, b
 
 
-def test_state_dict_holds_packed_arrays_only_and_roundtrips_exactly():
-    a, b = _converted_pair()
+def _reload(sd):
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def test_spatially_pruned_layer_stores_its_spatial_weight_and_roundtrips_exactly():
+    a, b = _converted_pair(kind="spatial")
     sd = a.state_dict()
-    assert set(sd) == {f"{i}.{n}" for i in (0, 2) for n in
-                       ("packed_values", "packed_indices", "packed_offsets", "bias", "_extra_state")}
-    k, c, p = 32, 32, 36
-    assert sd["2.packed_values"].numel() < 0.5 * k * c * p  # packed, not dense
-    assert sd["2.packed_indices"].dtype == torch.int16  # C < 32768: 2-byte indices
+    # pruned W: a bit mask of its nonzeros and those values (smaller than the dense W)
+    assert set(sd) == {f"{i}.{n}" for i in (0, 2) for n in ("weight_mask", "weight_nonzeros", "bias", "_extra_state")}
+    assert sd["2._extra_state"]["storage"] == "spatial_sparse"
+    w = a[2].spatial_weight()
+    assert sd["2.weight_mask"].dtype == torch.uint8 and sd["2.weight_mask"].numel() == 32 * 32 * 9 // 8
+    assert torch.equal(sd["2.weight_nonzeros"], w[w != 0])
     x = torch.randn(2, 16, 12, 12)
     with torch.no_grad():
         ya = a(x)
         assert not torch.equal(b(x), ya)
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    b.load_state_dict(torch.load(buf, weights_only=True))  # other sparsity, other buffer sizes
+    b.load_state_dict(_reload(sd))  # other sparsity, other buffer sizes: Q re-derived from W
+    for la, lb in zip(a[::2], b[::2], strict=True):
+        for name in ("packed_values", "packed_indices", "packed_offsets"):
+            assert torch.equal(getattr(la, name), getattr(lb, name)), name
+        assert torch.equal(la.weight, lb.weight)
     with torch.no_grad():
         assert torch.equal(b(x), ya)
-    assert b[2].winograd_sparsity() == pytest.approx(a[2].winograd_sparsity())
+    assert b[2].winograd_sparsity() == a[2].winograd_sparsity()
+    assert b.state_dict()["2._extra_state"]["storage"] == "spatial_sparse"  # the loaded layer keeps W
+    # an unpruned W is stored as it is (a bit mask would only add bytes)
+    dense = convert(_spatially_pruned(0, 0.0), backend="torch").state_dict()
+    assert dense["2._extra_state"]["storage"] == "spatial" and dense["2.weight"].shape == (32, 32, 3, 3)
+    # masking leaves -0.0 in the conv's weight; the layer holds +0.0 there (bitwise what a load rebuilds)
+    conv = _spatially_pruned(0, 0.8)[2]
+    assert bool(torch.signbit(conv.weight[conv.weight == 0]).any())
+    assert not bool(torch.signbit(w[w == 0]).any())
+
+
+def test_winograd_pruned_layer_stores_packed_arrays_in_the_model_dtype_and_roundtrips_exactly():
+    a, b = _converted_pair(kind="winograd")
+    sd = a.state_dict()
+    assert sd["2._extra_state"]["storage"] == "packed" and "2.weight" not in sd
+    assert sd["2.packed_values"].dtype == torch.float32 and sd["2.packed_indices"].dtype == torch.int16
+    assert sd["2.packed_values"].numel() < 0.5 * 32 * 32 * 36  # packed, not dense
+    x = torch.randn(2, 16, 12, 12)
+    with torch.no_grad():
+        ya = a(x)
+    b.load_state_dict(_reload(sd))  # a spatially converted layer takes a packed weight too
+    with torch.no_grad():
+        assert torch.equal(b(x), ya)
+    assert b[2].spatial_weight() is None and b[2].weight is None  # no exact spatial form
+    # a tritonwino 0.1 checkpoint (format 1: packed arrays, no storage field) still loads
+    old = {k: ({kk: vv for kk, vv in v.items() if kk != "storage"} | {"format": 1}) if k.endswith("_extra_state")
+           else v for k, v in sd.items()}
+    b2 = _converted_pair(kind="spatial")[1]
+    b2.load_state_dict(old)
+    with torch.no_grad():
+        assert torch.equal(b2(x), ya)
+    # float64 models keep float64 values
+    a64 = convert(_winograd_pruned(0, 0.8, dtype=torch.float64), backend="torch")
+    assert a64.state_dict()["2.packed_values"].dtype == torch.float64
+
+
+def _param_bytes(model):
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _file_size(sd):
     buf = io.BytesIO()
-    torch.save({k: v for k, v in sd.items() if "spatial_mask" not in k}, buf)
+    torch.save(sd, buf)
     return buf.tell()
 
 
-def test_compact_file_smaller_than_dense_at_75_percent():
-    """F(4,3) has 36 Winograd entries per 9 spatial ones: fp32 packed values break even with the
-    dense spatial weight at 75% Winograd sparsity, fp16 values (compact_state_dict) halve that."""
+@pytest.mark.parametrize("kind", ["spatial", "winograd"])
+def test_default_checkpoint_at_75_percent_is_within_10_percent_of_dense_parameter_bytes(kind):
+    """Issue 11 item 14: a converted model's default state_dict at >= 75% Winograd sparsity costs
+    at most 1.1x the dense model's parameter bytes (it was 3.2x), and round-trips exactly into a
+    freshly built, converted model."""
+    from tritonwino.pruning import model_winograd_sparsity
+
+    def build():
+        return nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1))
+
+    torch.manual_seed(0)
+    dense = build()
+    dense_bytes = _param_bytes(dense)
+    pruned = copy.deepcopy(dense)
+    if kind == "spatial":
+        SpatialPruner(pruned, m=4, block=(16, 1), keep_dense=None).prune(0.75)
+    else:
+        from tritonwino.pruning import WinogradPruner, convert_to_winograd
+
+        convert_to_winograd(pruned, m=4)
+        WinogradPruner(pruned, block=(16, 1), keep_dense=None).prune(0.75)
+    conv = convert(pruned, backend="torch")
+    assert model_winograd_sparsity(conv, m=None)["overall"] >= 0.75 - 1e-3
+    sd = conv.state_dict()
+    tensor_bytes = sum(v.numel() * v.element_size() for v in sd.values() if isinstance(v, torch.Tensor))
+    assert tensor_bytes <= 1.10 * dense_bytes, (tensor_bytes / dense_bytes)
+    assert _file_size(sd) <= 1.10 * _file_size(dense.state_dict()) + 4096  # + pickled metadata
+    fresh = convert(build(), backend="torch")
+    fresh.load_state_dict(_reload(sd))
+    x = torch.randn(2, 64, 9, 9)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), conv(x))
+
+
+def test_compact_state_dict_rounds_the_stored_weight_and_loads_into_a_fresh_model():
     torch.manual_seed(0)
     dense = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1))
     SpatialPruner(dense, m=4, block=(16, 1), keep_dense=None, tol=1e-3, max_iter=25).prune(0.75)
     conv = convert(copy.deepcopy(dense), backend="torch")
-    assert min(conv[0].winograd_sparsity(), conv[1].winograd_sparsity()) >= 0.74
-    d, c16 = _file_size(dense.state_dict()), _file_size(compact_state_dict(conv))
-    assert c16 < 0.6 * d, (c16, d)
-    # loading the compact file into a fresh converted model: Q rounded to fp16, nothing else changes
+    c16 = compact_state_dict(conv)
+    assert c16["0.weight_nonzeros"].dtype == torch.float16  # the pruned W, stored sparse
+    assert _file_size(c16) < 0.6 * _file_size(dense.state_dict())
     fresh = convert(nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1)), backend="torch")
     fresh.load_state_dict(compact_state_dict(conv))
     assert fresh[0].packed_values.dtype == torch.float32
-    x = torch.randn(1, 64, 8, 8)
     rounded = copy.deepcopy(conv)
     for layer in rounded:
-        layer.packed_values.copy_(layer.packed_values.half().float())
+        layer.weight = layer.weight.half().float()  # W rounded to fp16, Q re-derived
+    x = torch.randn(1, 64, 8, 8)
     with torch.no_grad():
         assert torch.equal(fresh(x), rounded(x))
         assert _rel(fresh(x), conv(x).double()) < REL_BOUND[(4, torch.float16)]
-    # fp32 files are smaller than dense above the 75% break-even point
-    SpatialPruner(dense, m=4, block=(16, 1), keep_dense=None, tol=1e-3, max_iter=25).prune(0.85)
-    conv85 = convert(copy.deepcopy(dense), backend="torch")
-    assert _file_size(conv85.state_dict()) < 0.75 * _file_size(dense.state_dict())
+    # a packed layer's values are rounded instead
+    wino = convert(_winograd_pruned(0, 0.8), backend="torch")
+    assert compact_state_dict(wino)["2.packed_values"].dtype == torch.float16
 
 
 def test_load_mismatch_fails_clearly_before_any_wrong_result():
-    a, _ = _converted_pair()
+    a, _ = _converted_pair(kind="winograd")
     sd = a.state_dict()
     # other tile
     _, other_tile = _converted_pair(m=2)
@@ -224,7 +312,7 @@ def test_load_mismatch_fails_clearly_before_any_wrong_result():
     with pytest.raises(ValueError, match="outside"):
         fresh.load_state_dict(bad)
     assert torch.equal(fresh[2].packed_values, before)  # the bad layer was not modified
-    # truncated offsets, missing metadata
+    # truncated offsets, missing metadata, a weight of the wrong shape, both forms at once
     bad = dict(sd)
     bad["2.packed_offsets"] = sd["2.packed_offsets"][:-1]
     with pytest.raises(ValueError, match="offsets"):
@@ -232,6 +320,61 @@ def test_load_mismatch_fails_clearly_before_any_wrong_result():
     bad = {k: v for k, v in sd.items() if k != "2._extra_state"}
     with pytest.raises(ValueError, match="metadata"):
         fresh.load_state_dict(bad)
+    dense_sd = convert(_spatially_pruned(0, 0.0), backend="torch").state_dict()
+    bad = dict(dense_sd)
+    bad["2.weight"] = bad["2.weight"][:, :16]
+    with pytest.raises(ValueError, match="shape"):
+        fresh.load_state_dict(bad)
+    bad = {**sd, "2.weight": dense_sd["2.weight"]}
+    with pytest.raises(ValueError, match="more than one form"):
+        fresh.load_state_dict(bad)
+    # a sparse spatial weight whose mask and values disagree
+    sparse_sd = _converted_pair()[0].state_dict()
+    bad = {**sparse_sd, "2.weight_nonzeros": sparse_sd["2.weight_nonzeros"][:-1]}
+    with pytest.raises(ValueError, match="weight_nonzeros"):
+        fresh.load_state_dict(bad)
+
+
+@pytest.mark.parametrize("missing", ["2.packed_values", "2.packed_indices", "2.packed_offsets"])
+def test_failed_strict_load_leaves_the_layer_untouched_and_usable(missing):
+    """Issue 11 item 8: the offsets used to be copied before the missing values were noticed."""
+    a, b = _converted_pair(kind="winograd")
+    sd = {k: v for k, v in a.state_dict().items() if k != missing}
+    before = {k: v.clone() for k, v in b.state_dict().items() if isinstance(v, torch.Tensor) and k[0] == "2"}
+    x = torch.randn(1, 32, 8, 8)
+    with torch.no_grad():
+        y_before = b[2](x)
+    with pytest.raises(RuntimeError, match=f"Missing key.*{missing}"):
+        b.load_state_dict(sd)
+    after = b.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    with torch.no_grad():
+        assert torch.equal(b[2](x), y_before)
+    # non-strict: reported, and the layer is still untouched
+    result = b.load_state_dict(sd, strict=False)
+    assert missing in result.missing_keys
+    with torch.no_grad():
+        assert torch.equal(b[2](x), y_before)
+    # a bias of the wrong shape is refused before the weight is replaced
+    bad = dict(a.state_dict())
+    bad["2.bias"] = torch.zeros(7)
+    with pytest.raises(ValueError, match="bias"):
+        b.load_state_dict(bad)
+    with torch.no_grad():
+        assert torch.equal(b[2](x), y_before)
+
+
+def test_dense_conv_state_dict_loads_into_a_converted_model():
+    """A plain nn.Conv2d checkpoint (weight + bias, no metadata) is a spatial weight: it loads
+    into a converted model (Q derived at the layer's tile and block)."""
+    dense = _spatially_pruned(3, 0.7)
+    conv = convert(_spatially_pruned(4, 0.0), backend="torch")
+    sd = {k: v for k, v in dense.state_dict().items() if "spatial_mask" not in k}
+    conv.load_state_dict(sd)
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        assert _rel(conv(x), dense(x).double()) < REL_BOUND[(4, torch.float32)]
+    assert conv[2].winograd_sparsity() > 0.6
 
 
 # ---- layouts, dtypes, batch --------------------------------------------------------------------
@@ -247,6 +390,9 @@ def test_channels_last_in_channels_last_out():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_dtypes(dtype):
     mod, q, b = _layer()
+    mod.to(dtype)  # as with nn.Conv2d, the model takes the input's dtype
+    q = q.to(dtype).double()
+    b = b.to(dtype)
     x = torch.randn(2, 8, 10, 10).to(dtype)
     with torch.no_grad():
         y = mod(x)
@@ -302,7 +448,9 @@ def test_nan_inf_propagate():
 def test_bad_input_errors():
     mod, _, _ = _layer(backend="auto")
     with pytest.raises(ValueError, match="4-D"):
-        mod(torch.randn(8, 10, 10))
+        mod(torch.randn(8, 10))
+    with pytest.raises(ValueError, match="4-D"):
+        mod(torch.randn(1, 1, 8, 10, 10))
     with pytest.raises(ValueError, match="channels"):
         mod(torch.randn(1, 7, 10, 10))
     with pytest.raises(TypeError, match="floating"):
@@ -373,3 +521,110 @@ def test_caches_filled_in_inference_mode_still_serve_autograd():
         y.sum().backward()
         assert xin.grad is not None and torch.isfinite(xin.grad).all()
     model(x.clone().requires_grad_()).sum().backward()  # the dispatched model itself
+
+
+# ---- stale caches (issue 11 item 5) --------------------------------------------------------------
+def test_torch_path_sees_an_in_place_edit_of_the_indices():
+    """The padded-slab cache of a PackedWinogradWeight was keyed on the values only."""
+    q = _pruned_q(16, 8, sparsity=0.5)
+    packed = pack_winograd_weight(q, (16, 1), dtype=torch.float64)
+    x = torch.randn(1, 8, 8, 8, dtype=torch.float64)
+    reference.sparse_winograd_conv2d(x, packed, None, 1)  # fills the padded-slab cache
+    # a valid edit: the first group's last kept slot now reads the last channel (still ascending)
+    end = int(packed.offsets[1])
+    assert end >= 1 and int(packed.indices[end - 1]) < 7
+    packed.indices[end - 1] = 7
+    packed.validate()
+    y = reference.sparse_winograd_conv2d(x, packed, None, 1)
+    ref = reference.winograd_conv2d_q(x, packed.unpack(), None, 1, 4)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["conv2d", "dense", "sparse"])
+def test_module_paths_follow_in_place_edits_of_the_buffers(path):
+    conv = nn.Conv2d(8, 16, 3, padding=1).double()
+    layer = SparseWinogradConv2d.from_conv2d(conv, backend="torch")
+    x = torch.randn(1, 8, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        layer.run_path(x, path, "torch")  # builds the derived form of that path
+        layer.packed_values.mul_(2)  # an in-place edit (version counter bumped)
+        if path == "conv2d":
+            w = layer.spatial_weight()
+            assert w is not None  # recovered from the edited Q, not the stale W
+            torch.testing.assert_close(w, 2 * conv.weight.detach(), rtol=1e-10, atol=1e-10)
+        y = layer.run_path(x, path, "torch")
+    ref = F.conv2d(x, 2 * conv.weight.detach(), conv.bias.detach(), padding=1)
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    assert layer.state_dict()["_extra_state"]["storage"] == "packed"  # W no longer describes the arrays
+
+
+def test_module_revalidates_after_data_reassignment():
+    """``t.data = other`` bypasses the version counter; the storage change is still noticed."""
+    mod, q, b = _layer()
+    x = torch.randn(1, 8, 8, 8)
+    with torch.no_grad():
+        mod(x)
+        bad = mod.packed_indices.clone()
+        bad[0] = 8  # == C: outside [0, C)
+        mod.packed_indices.data = bad
+        with pytest.raises(ValueError, match="outside"):
+            mod(x)
+        fresh, _, _ = _layer(sparsity=0.5)  # another valid weight, other sizes
+        for name in ("packed_indices", "packed_values", "packed_offsets", "bias"):
+            getattr(mod, name).data = getattr(fresh, name).detach().clone()
+        assert torch.equal(mod(x), fresh(x))
+
+
+def test_second_backward_through_the_functional_with_trainable_packed_values():
+    from tritonwino.functional import sparse_winograd_conv2d
+
+    q = _pruned_q(16, 8, sparsity=0.5)
+    packed = pack_winograd_weight(q, (16, 1), dtype=torch.float64)
+    packed.values.requires_grad_(True)
+    x = torch.randn(1, 8, 8, 8, dtype=torch.float64)
+    grads = []
+    for _ in range(2):
+        sparse_winograd_conv2d(x, packed, None, 1, "torch").square().sum().backward()
+        grads.append(packed.values.grad.clone())
+        packed.values.grad = None
+    assert torch.equal(grads[0], grads[1])
+    # and the gradient is right: d/dvalues of the same loss through the dense oracle
+    v = packed.values.detach().clone().requires_grad_(True)
+    ref = pack_winograd_weight(q, (16, 1), dtype=torch.float64)
+    ref.values = v
+    reference.winograd_conv2d_q(x, ref.unpack(), None, 1, 4).square().sum().backward()
+    torch.testing.assert_close(grads[0], v.grad, rtol=1e-10, atol=1e-10)
+
+
+# ---- inference mode (issue 11 item 10) -----------------------------------------------------------
+def test_layer_packed_converted_or_loaded_in_inference_mode_runs_outside_it():
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    x = torch.randn(1, 8, 8, 8)
+    with torch.inference_mode():
+        q = reference.winograd_weight(conv.weight, 4).float()
+        packed = pack_winograd_weight(q, (16, 1))
+        made = SparseWinogradConv2d(packed, conv.bias, 1, "torch")
+        converted = convert(nn.Sequential(copy.deepcopy(conv)), backend="auto")
+        loaded = convert(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1)), backend="torch")
+        loaded.load_state_dict(converted.state_dict())
+    ref = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    for layer in (made, converted, loaded):
+        with torch.no_grad():
+            assert _rel(layer(x), ref) < REL_BOUND[(4, torch.float32)]
+        xg = x.clone().requires_grad_()
+        layer(xg).sum().backward()  # autograd records the forward: no inference tensor may be saved
+        assert xg.grad is not None
+
+
+# ---- PackedWinogradWeight.to (issue 11 item 13) ---------------------------------------------------
+def test_packed_to_takes_arguments_like_tensor_to():
+    packed = pack_winograd_weight(_pruned_q(16, 8), (16, 1), dtype=torch.float32)
+    for args, kwargs in [((torch.float16,), {}), (("cpu", torch.float16), {}), ((), {"dtype": torch.float16}),
+                         ((torch.empty(0, dtype=torch.float16),), {})]:
+        half = packed.to(*args, **kwargs)
+        assert half.values.dtype == torch.float16 and half.indices.dtype == packed.indices.dtype
+        assert half.offsets.dtype == torch.int32
+        assert torch.equal(half.values, packed.values.half())
+    assert packed.to("cpu").values.dtype == torch.float32
+    with pytest.raises(TypeError, match="floating"):
+        packed.to(torch.int32)

@@ -206,6 +206,30 @@ def test_step1_binary_search_hits_target(target):
     assert winograd_sparsity(w * mask, 4) == pytest.approx(achieved)
 
 
+@pytest.mark.parametrize("block", [(1, 1), (4, 2)])
+@pytest.mark.parametrize("target", [0.3, 0.7])
+def test_step1_threshold_is_the_closest_achievable_sparsity_from_one_mask_evaluation(monkeypatch, block, target):
+    """The sorted per-entry thresholds give the exact closest step of sparsity(τ) (checked against
+    a sweep over every τ that can matter), with one mask and one Q computed instead of a bisection
+    of up to 60 (26-30 s per ResNet-18 prune() at element granularity)."""
+    from tritonwino.pruning import masks
+
+    w = torch.randn(8, 6, 3, 3, dtype=torch.float64)
+    w[0, 0] = 0  # zero weights count as pruned already
+    calls = []
+    real = masks.winograd_weight
+    monkeypatch.setattr(masks, "winograd_weight", lambda *a, **k: calls.append(1) or real(*a, **k))
+    mask, tau, achieved = prune_spatial_structured(w, target, block=block)
+    assert len(calls) == 1
+    imp = spatial_group_importance(w, 4, block=block).flatten().unique()
+    sweep = torch.cat([imp.new_zeros(1), 0.5 * (imp[:-1] + imp[1:]), imp[-1:] * 1.01])
+    reachable = [float((winograd_weight(w * spatial_structured_mask(w, float(t), block=block), 4) == 0)
+                       .double().mean()) for t in sweep]
+    best = min(reachable, key=lambda s: (abs(s - target), s))
+    assert achieved == pytest.approx(best, abs=1e-12)
+    assert torch.equal(mask, spatial_structured_mask(w, tau, block=block))
+
+
 def test_step1_keeps_previous_mask_and_f23():
     w = torch.randn(8, 8, 3, 3)
     m1, _, s1 = prune_spatial_structured(w, 0.3, m=2)

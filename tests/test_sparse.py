@@ -4,12 +4,9 @@ Oracle: the float64 Winograd convolution with the same q (a pruned q is in gener
 any spatial weight, so this *is* the float64 layer). Tolerance rule: tests/_tolerance.py.
 """
 
-import math
 
 import pytest
 import torch
-import triton.runtime.interpreter as interp
-from tritonwino.kernels.sparse_winograd_gemm import interpreter_config, sparse_winograd_gemm
 
 from tritonwino import reference
 from tritonwino.sparse_conv import PackedWinogradWeight, pack_winograd_weight, sparse_winograd_conv2d
@@ -75,66 +72,6 @@ def test_dense_q_sparse_path_equals_conv2d(device):
     y = sparse_winograd_conv2d(x, packed, None, 1, backend="triton")
     ref = torch.nn.functional.conv2d(x.double(), w.double(), padding=1)
     assert (y.double() - ref).abs().max() <= 2e-5 * ref.abs().max()
-
-
-# ---------------------------------------------------------------------------------------------
-# Work is proportional to what is kept: count the tl.dot work the interpreter executes.
-
-class _DotCounter:
-    def __init__(self):
-        self.macs = 0
-        self._orig = interp.InterpreterBuilder.create_dot
-
-    def __enter__(self):
-        counter = self
-
-        def counting_dot(builder, a, b, d, *args, **kwargs):
-            counter.macs += a.data.shape[-2] * a.data.shape[-1] * b.data.shape[-1]
-            return counter._orig(builder, a, b, d, *args, **kwargs)
-
-        interp.InterpreterBuilder.create_dot = counting_dot
-        return self
-
-    def __exit__(self, *exc):
-        interp.InterpreterBuilder.create_dot = self._orig
-
-
-@pytest.mark.skipif(not hasattr(interp, "InterpreterBuilder") or torch.cuda.is_available(),
-                    reason="counts work through the Triton interpreter, which a GPU run does not use")
-def test_executed_work_is_proportional_to_kept_channels():
-    gen = torch.Generator().manual_seed(3)
-    k, c, m = 32, 128, 2
-    n = m + 2
-    x = torch.randn(1, c, 8, 8, generator=gen)
-    v = reference.input_transform(x, m, 3, (1, 1)).float().contiguous()
-    t_total = v.shape[2]
-    cfg = interpreter_config(t_total)
-    q_full = reference.winograd_weight(torch.randn(k, c, 3, 3, generator=gen), m)
-
-    def run(sparsity):
-        keep = torch.rand(2, c, n, n, generator=gen) >= sparsity  # per (group of 16, channel, position)
-        q = q_full * keep.repeat_interleave(16, 0)
-        packed = pack_winograd_weight(q, (16, 1))
-        with _DotCounter() as cnt:
-            mm = sparse_winograd_gemm(v, packed.values_as(torch.float32), packed.indices, packed.offsets, k, 16)
-        ref = reference.sparse_winograd_gemm(v, packed)
-        assert torch.allclose(mm, ref, atol=1e-4, rtol=1e-5)
-        return cnt.macs, packed
-
-    dense_macs, dense_packed = run(0.0)
-    t_blocks = math.ceil(t_total / cfg.block_t)
-    assert dense_packed.density == 1.0
-    assert dense_macs == t_blocks * cfg.block_t * 16 * (n * n * 2) * c  # every slot, exactly once
-    for sparsity in (0.5, 0.75, 0.9):
-        macs, packed = run(sparsity)
-        counts = (packed.offsets[1:] - packed.offsets[:-1]).tolist()
-        chunks = sum(math.ceil(cnt / cfg.block_c) for cnt in counts)
-        executed = macs / dense_macs
-        # exact: one BLOCK_T x BLOCK_C x 16 dot per chunk of kept channels, nothing for pruned ones
-        assert macs == t_blocks * cfg.block_t * cfg.block_c * 16 * chunks
-        # overhead: each group's last chunk is padded to BLOCK_C, at most (BLOCK_C - 1) / C
-        assert packed.density <= executed <= packed.density + (cfg.block_c - 1) / c
-        assert abs(packed.density - (1 - sparsity)) < 0.05
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,39 +159,43 @@ def test_sparse_conv_bad_inputs(device):
 # Autotuning per sparsity pattern, persisted in the tuning cache
 
 def test_autotune_per_sparsity_signature_persists(monkeypatch):
-    from tritonwino.kernels.sparse_winograd_gemm import SparseGemmConfig
+    from tritonwino.kernels.fused_multiply import FusedConfig
 
-    from tritonwino import tuning
-    from tritonwino.tuning import select as autotune
+    from tritonwino import _triton_path, tuning
+    from tritonwino.tuning import select
 
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(1, 32, 8, 8, generator=gen)
-    v = reference.input_transform(x, 2, 3, (1, 1)).float().contiguous()
-    cands = [SparseGemmConfig(64, 16, 4, 1), SparseGemmConfig(64, 32, 4, 1)]
+    cands = [FusedConfig(64, 16, 4, 1), FusedConfig(64, 32, 4, 1)]
     qa = _q(16, 32, 2, "random", gen, (16, 1))
     qb = qa[:, torch.randperm(32, generator=gen)]  # another mask with exactly the same density
     pa, pb = pack_winograd_weight(qa, (16, 1)), pack_winograd_weight(qb, (16, 1))
     assert not torch.equal(pa.indices, pb.indices)
     pc = pack_winograd_weight(qa * (torch.rand(qa.shape, generator=gen) > 0.5), (1, 1))
     tuning.get_cache().clear()
-    autotune.clear_memo()
+    select.clear_memo()
 
-    cfg = autotune.sparse_config(v, pa, pa.values_as(torch.float32), candidates=cands)
+    def call(p):
+        return _triton_path.SparseCall(x, p, p.values_as(torch.float32), None, (1, 1))
+
+    t = call(pa).t_total
+    cfg = select.sparse_config(call(pa), "two-kernel", candidates=cands)
     assert cfg in cands
-    entry = tuning.get_cache().get_entry(autotune.SPARSE_KERNEL, autotune.sparse_key(v.shape[2], pa, v.dtype, False))
+    key_a = select.sparse_key(t, pa, torch.float32, False, "two-kernel")
+    entry = tuning.get_cache().get_entry(select.SPARSE_KERNEL, key_a)
     assert entry is not None and len(entry["timings"]) == 2  # both candidates were timed
 
     # Later calls (new process = empty memo) read the file and time nothing.
-    autotune.clear_memo()
-    monkeypatch.setattr(tuning, "do_bench_ms", lambda fn, **kw: (_ for _ in ()).throw(AssertionError("timed")))
-    key_a = autotune.sparse_key(v.shape[2], pa, v.dtype, False)
-    assert autotune.sparse_key(v.shape[2], pb, v.dtype, False) == key_a  # the pattern's signature, not its mask
-    assert autotune.sparse_config(v, pb, pb.values_as(torch.float32), candidates=cands) == cfg
-    assert autotune.sparse_config(v, pa, pa.values_as(torch.float32), candidates=cands) == cfg
-    # A different density is a different key (and would be tuned anew).
-    assert autotune.sparse_key(v.shape[2], pc, v.dtype, False) != key_a
+    select.clear_memo()
+    monkeypatch.setattr(select, "do_bench_ms", lambda fn, **kw: (_ for _ in ()).throw(AssertionError("timed")))
+    assert select.sparse_key(t, pb, torch.float32, False, "two-kernel") == key_a  # the signature, not the mask
+    assert select.sparse_config(call(pb), "two-kernel", candidates=cands) == cfg
+    assert select.sparse_config(call(pa), "two-kernel", candidates=cands) == cfg
+    # A different density, or the other kernel path, is a different key (and would be tuned anew).
+    assert select.sparse_key(t, pc, torch.float32, False, "two-kernel") != key_a
+    assert select.sparse_key(t, pa, torch.float32, False, "one-kernel") != key_a
     # The exact batch is not in the key: tile counts in one power-of-two bucket share it.
-    assert autotune.sparse_key(v.shape[2] - 3, pa, v.dtype, False) == key_a
+    assert select.sparse_key(t - 3, pa, torch.float32, False, "two-kernel") == key_a
 
 
 def test_int32_indices_give_the_same_result(device):

@@ -248,3 +248,134 @@ def test_get_cache_follows_env(tmp_path, monkeypatch):
     monkeypatch.setenv(tuning.ENV_VAR, str(tmp_path / "two"))
     assert tuning.get_cache().path.parent == tmp_path / "two"
     assert os.fspath(c1.path).startswith(os.fspath(tmp_path / "one"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Robustness (issue 11, item 7): every broken cache location or file is ignored with a warning, never
+# an exception in autotune() or a layer's first forward, never a hang.
+
+def _no_hang(fn, timeout=20.0):
+    """Run fn in a thread; fail (instead of hanging the suite) if it does not return in time."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                box["value"] = fn()
+            box["warnings"] = [str(x.message) for x in w]
+        except BaseException as e:  # noqa: BLE001 - reported below
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"hung for more than {timeout} s"
+    if "error" in box:
+        raise box["error"]
+    return box["value"], box["warnings"]
+
+
+def _two_configs(cache):
+    # two configs, so autotune consults and writes the cache
+    return autotune("kern", "key", [{"a": 2}, {"a": 1}], lambda c: float(c["a"]), cache=cache)
+
+
+def test_cache_dir_that_is_a_file_is_ignored_with_a_warning(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    monkeypatch.setenv(tuning.ENV_VAR, str(blocker))
+    cache = TuningCache()
+    (value, warned) = _no_hang(lambda: cache.get("k", "a"))
+    assert value is None and any("ignoring tuning cache" in w for w in warned)
+    (best, warned) = _no_hang(lambda: _two_configs(cache))
+    assert best == {"a": 1} and any("could not write tuning cache" in w for w in warned)
+    assert cache.get("kern", "key") == {"a": 1}  # kept in memory for this process
+    _no_hang(cache.clear)
+
+
+def test_untraversable_dir_is_ignored_with_a_warning(cache_env, monkeypatch):
+    cache = TuningCache()
+    cache.put("k", "a", {"v": 1})
+    real_stat, real_open = os.stat, os.open
+
+    def denied(fn):
+        def wrapped(path, *a, **k):
+            if os.fspath(path).startswith(os.fspath(cache_env)):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return fn(path, *a, **k)
+        return wrapped
+
+    # (the suite may run as root, where chmod 000 denies nothing: deny at the syscall wrappers)
+    monkeypatch.setattr(tuning.cache.os, "stat", denied(real_stat))
+    monkeypatch.setattr(tuning.cache.os, "open", denied(real_open))
+    fresh = TuningCache()
+    (value, warned) = _no_hang(lambda: fresh.get("k", "a"))
+    assert value is None and any("Permission denied" in w for w in warned)
+    (best, warned) = _no_hang(lambda: _two_configs(fresh))
+    assert best == {"a": 1} and any("could not write" in w for w in warned)
+    _no_hang(fresh.clear)
+
+
+def test_deeply_nested_json_is_ignored_with_a_warning(cache_env):
+    cache = TuningCache()
+    cache.path.parent.mkdir(parents=True, exist_ok=True)
+    cache.path.write_text("[" * 200_000 + "]" * 200_000)
+    (value, warned) = _no_hang(lambda: cache.get("k", "a"))
+    assert value is None and any("nested too deeply" in w for w in warned)
+    (best, _) = _no_hang(lambda: _two_configs(cache))
+    assert best == {"a": 1} and TuningCache().get("kern", "key") == {"a": 1}  # rebuilt on write
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("where", ["cache", "lock"])
+def test_fifo_at_the_cache_path_never_hangs(cache_env, where):
+    cache = TuningCache()
+    os.mkfifo(cache.path if where == "cache" else cache.lock_path)
+    (value, warned) = _no_hang(lambda: cache.get("k", "a"))
+    assert value is None
+    if where == "cache":
+        assert any("not a regular file" in w for w in warned)
+    (best, warned) = _no_hang(lambda: _two_configs(cache))
+    assert best == {"a": 1}
+    if where == "lock":
+        assert any("not a regular file" in w for w in warned)  # refused to lock on a FIFO, kept in memory
+    else:
+        assert TuningCache().get("kern", "key") == {"a": 1}  # the FIFO was replaced by the new file
+
+
+def test_malformed_timings_are_ignored(cache_env):
+    cache = TuningCache()
+    cache.put("k", "a", {"v": 1}, {"cfg": 1.0})
+    data = json.loads(cache.path.read_text())
+    data["entries"]["k"]["a"]["timings"] = {"cfg": "fast"}  # a consumer would float() these
+    cache.path.write_text(json.dumps(data))
+    with pytest.warns(RuntimeWarning, match="malformed"):
+        assert TuningCache().get("k", "a") is None
+
+
+def test_orphan_temp_file_of_a_killed_writer_is_removed(cache_env):
+    cache = TuningCache()
+    cache.put("k", "a", {"v": 1})
+    orphan = cache.path.with_name(f".{cache.path.name}.dead1234.tmp")
+    orphan.write_text('{"half": ')
+    unrelated = cache.path.with_name("notes.tmp")
+    unrelated.write_text("keep me")
+    cache.put("k", "b", {"v": 2})
+    assert not orphan.exists() and unrelated.exists()
+    assert TuningCache().get("k", "a") == {"v": 1} and TuningCache().get("k", "b") == {"v": 2}
+
+
+def test_lock_held_too_long_gives_up_with_a_warning(cache_env, monkeypatch):
+    import fcntl
+
+    cache = TuningCache()
+    cache.put("k", "a", {"v": 1})
+    monkeypatch.setattr(tuning.cache, "LOCK_TIMEOUT_S", 0.2)
+    with open(cache.lock_path, "a+") as holder:  # another open file description: flock conflicts
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+        (best, warned) = _no_hang(lambda: _two_configs(cache))
+        fcntl.flock(holder.fileno(), fcntl.LOCK_UN)
+    assert best == {"a": 1} and any("held by another process" in w for w in warned)

@@ -3,6 +3,10 @@ small shape/dtype/layout rules every path applies the same way."""
 
 from __future__ import annotations
 
+import inspect
+import warnings
+from collections.abc import Callable
+
 import torch
 
 from . import dwm
@@ -28,7 +32,15 @@ def check_padding(padding: object) -> tuple[int, int]:
     ph, pw = pair(padding, "padding")  # type: ignore[arg-type]
     if ph < 0 or pw < 0:
         raise ValueError(f"padding must be >= 0, got {(ph, pw)}")
+    if max(ph, pw) > MAX_PADDING:
+        raise ValueError(f"padding {(ph, pw)} is too large: at most {MAX_PADDING} per side "
+                         "(the output alone would not fit in memory)")
     return ph, pw
+
+
+# Sizes are int64 in the op schemas and int32 in the kernels' index arithmetic; a padding beyond
+# this cannot give an output that fits in memory anyway.
+MAX_PADDING = 2**31 - 1
 
 
 def check_conv_unsupported(stride: object = 1, dilation: object = 1, groups: int = 1) -> int:
@@ -168,10 +180,43 @@ def accum_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _computes_plain_conv2d(conv: torch.nn.Conv2d) -> str | None:
+    """Why ``conv`` might not compute ``F.conv2d(x, conv.weight, conv.bias, ...)`` (None if it
+    provably does): its class (or the instance) overrides ``forward`` / ``_conv_forward`` (weight
+    standardisation, padding inside forward, ...), or a weight_norm / spectral_norm forward
+    pre-hook recomputes the weight on every call. A parametrization (torch.nn.utils.parametrize)
+    is fine: ``conv.weight`` is then the weight the forward uses."""
+    cls = type(conv)
+    for name in ("forward", "_conv_forward"):
+        if getattr(cls, name) is not getattr(torch.nn.Conv2d, name) or name in vars(conv):
+            return (f"{cls.__name__} overrides {name}, so it may compute something other than F.conv2d with its "
+                    "weight (e.g. weight standardisation, padding in forward): left as it is")
+    for hook in conv._forward_pre_hooks.values():
+        if type(hook).__name__ in ("WeightNorm", "SpectralNorm"):
+            return (f"its weight is recomputed by a {type(hook).__name__} forward pre-hook: remove it first "
+                    "(torch.nn.utils.remove_weight_norm / remove_spectral_norm) or use torch.nn.utils.parametrizations")
+    return None
+
+
+def conv_padding(conv: torch.nn.Conv2d) -> tuple[int, int]:
+    """``conv.padding`` as ints: ``"valid"`` is 0 and ``"same"`` is k // 2 (exact for the odd
+    kernels, stride 1 and dilation 1 that Winograd runs)."""
+    if conv.padding == "valid":
+        return 0, 0
+    if conv.padding == "same":
+        kh, kw = conv.kernel_size
+        return kh // 2, kw // 2
+    return pair(tuple(conv.padding), "padding")
+
+
 def conv_ineligible_reason(conv: torch.nn.Conv2d, r: int | None = None) -> str | None:
     """Why an ``nn.Conv2d`` cannot run as a Winograd convolution (None if it can): the one
     eligibility rule shared by conversion and pruning. ``r`` additionally requires that kernel size.
-    Stride 2 and kernels larger than 3 run by the decomposable Winograd method (``tritonwino.dwm``)."""
+
+    Eligible: a square kernel > 1, stride 1 or 2 (stride 2, even kernels and kernels larger than 3
+    run by the decomposable Winograd method, ``tritonwino.dwm``), dilation 1, groups 1, zero
+    padding (ints, ``"same"`` for odd kernels, or ``"valid"``), and a module that provably computes
+    ``F.conv2d`` with its weight (``nn.Conv2d.forward`` and ``_conv_forward`` not overridden)."""
     kh, kw = conv.kernel_size
     if kh != kw:
         return f"kernel {kh}x{kw} (needs a square kernel)"
@@ -188,14 +233,76 @@ def conv_ineligible_reason(conv: torch.nn.Conv2d, r: int | None = None) -> str |
         return f"dilation {tuple(conv.dilation)}"
     if conv.groups != 1:
         return f"groups={conv.groups}"
-    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-        return f"padding {conv.padding!r} / mode {conv.padding_mode}"
-    return None
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r} (Winograd here pads with zeros)"
+    if isinstance(conv.padding, str) and conv.padding not in ("same", "valid"):
+        return f"padding {conv.padding!r}"
+    if conv.padding == "same" and kh % 2 == 0:
+        # torch pads an even kernel's "same" asymmetrically; the paths here pad symmetrically
+        return f"padding 'same' with the even kernel {kh}x{kw} (asymmetric padding)"
+    if conv.weight.dtype not in FLOAT_DTYPES:
+        return f"weight dtype {conv.weight.dtype}"
+    return _computes_plain_conv2d(conv)
 
 
-BACKENDS = ("auto", "triton", "torch")
+_NAME_PARAMS = {"name", "fqn", "n", "layer_name", "qualname", "path", "key"}
+_MODULE_PARAMS = {"module", "mod", "m", "conv", "layer", "submodule"}
+
+
+def module_filter(fn: object, where: str) -> Callable[[torch.nn.Module, str], bool] | None:
+    """``fn`` as a ``filter(module, name) -> bool``: the one argument order of every filter in the
+    library (as torchao's ``filter_fn(module, fqn)``). A filter written for the older
+    ``(name, module)`` order, recognised by its parameter names or annotations (``lambda name,
+    mod: ...``), still works for one release, with a DeprecationWarning."""
+    if fn is None:
+        return None
+    if not callable(fn):
+        raise TypeError(f"{where} must be callable as {where}(module, name) -> bool, got {type(fn).__name__}")
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:2]
+    except (TypeError, ValueError):  # builtins without a signature: take them as (module, name)
+        params = []
+    if len(params) == 2:
+        first, second = params
+        ann = str(first.annotation)
+        old = (first.name in _NAME_PARAMS or ann in ("str", "<class 'str'>")
+               or (second.name in _MODULE_PARAMS and first.name not in _MODULE_PARAMS))
+        if old:
+            warnings.warn(f"{where}({first.name}, {second.name}): filters now take (module, name), as torchao's "
+                          f"filter_fn(module, fqn); the (name, module) order is accepted until the next release",
+                          DeprecationWarning, stacklevel=3)
+            return lambda module, name: bool(fn(name, module))
+    return lambda module, name: bool(fn(module, name))
+
+
+BACKENDS = ("auto", "triton", "torch", "cpu")
 
 
 def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+# Largest input tile n = m + r - 1 that gives a usable result, per dtype of the Winograd-domain
+# operands (measured, bench/accuracy.py and tests/test_no_silent_errors.py): fp16/bf16 V and Q lose
+# every digit from n = 10 (F(6,5), F(8,3), F(4,7): relative error 0.5 to 10^3); fp32 from n = 14
+# (relative error ~1); float64 up to transforms.MAX_TILE.
+MAX_TILE_FOR_DTYPE = {torch.float16: 8, torch.bfloat16: 8, torch.float32: 12, torch.float64: 16}
+
+
+def check_tile_dtype(m: int, r: int, *dtypes: torch.dtype) -> None:
+    """Refuse (ValueError) F(m, r) with operands of a dtype whose rounding makes that tile's result
+    garbage (``MAX_TILE_FOR_DTYPE``); ``dtypes`` are the input's and any stored weight's dtype."""
+    n = m + r - 1
+    for dtype in dtypes:
+        limit = MAX_TILE_FOR_DTYPE.get(dtype)
+        if limit is not None and n > limit:
+            ok = [d for d, lim in MAX_TILE_FOR_DTYPE.items() if lim >= n]
+            names = ", ".join(str(d).removeprefix("torch.") for d in ok) or "none"
+            raise ValueError(
+                f"F({m},{r}) (input tile n = {n}) is not supported in {str(dtype).removeprefix('torch.')}: "
+                f"its Winograd-domain values lose every significant digit at this precision (results would be "
+                f"garbage). Use a dtype that supports n = {n} ({names}), or a smaller tile with "
+                f"n = m + r - 1 <= {limit} (e.g. F({max(1, limit - r + 1)},{r}))"
+            )

@@ -1,41 +1,62 @@
-"""The Triton execution path, the twin of ``reference``: input transform -> Winograd-domain GEMM
-(dense or sparse) -> output transform, each stage one kernel of ``tritonwino.kernels``.
+"""The Triton execution path, the twin of ``reference``: the generated input transform and the
+fused Winograd-domain multiply with the output transform in its epilogue (``tritonwino.kernels``).
+
+Sparse layers run one of two kernel sequences, chosen per shape by ``tuning.select.sparse_path``
+(timed on a GPU, the counted-work model without one):
+
+* ``two-kernel``: ``input_transform`` writes V (P, C, T) in the operand dtype, then the fused
+  sparse multiply gathers its kept rows and applies Aᵀ·A, bias and ReLU in its epilogue;
+* ``one-kernel``: the fused multiply recomputes each position's V for the kept channels straight
+  from X (neither V nor M exists in memory; the input transform is recomputed per output-channel
+  group).
+
+Dense layers take the two-kernel sequence with the dense fused multiply. M (P, K, T) is never in
+memory on either path.
+
+Decomposed convolutions (``tritonwino.dwm``: stride 2, even and large kernels) always take the
+two-kernel sequence: the input transform's decomposed variant reads the pieces of x in place
+(virtual channel ``piece·C_in + c_in``, per-piece offsets, the stride), and the fused multiply then
+runs the piece tile F(m, r_piece) over the virtual channels unchanged. The one-kernel path
+transforms x itself and knows nothing of pieces, so it is never chosen for them.
 
 Layouts (docs/notation.md): x (N, C, H, W) any strides; V (P, C, T); Q position-major
-``q_pck`` (P, C, K) or packed; M (P, K, T) fp32; y (N, K, HO, WO) in x's layout.
+``q_pck`` (P, C, K) or packed; y (N, K, HO, WO) in x's layout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
 from fractions import Fraction
 
 import torch
 
 from . import _checks, dwm
-from .kernels._common import next_pow2
+from .kernels.codegen import TileSpec
+from .kernels.fused_multiply import dense_block_k, fused_multiply
 from .kernels.input_transform import input_transform
-from .kernels.output_transform import output_transform
-from .kernels.sparse_winograd_gemm import sparse_winograd_gemm
-from .kernels.winograd_gemm import winograd_gemm
 from .packing import PackedWinogradWeight
 from .reference import tile_grid
-from .transforms import tile_size, winograd_kron
+from .transforms import ACCURATE_POINTS, tile_size, winograd_matrices_exact
 from .tuning import select
 
 __all__ = [
     "INDEX_LIMIT",
+    "PATHS",
     "TRITON_DTYPES",
+    "SparseCall",
     "check_index_range",
     "check_triton_dtype",
-    "kron_padded",
-    "run",
+    "kernel_bias",
+    "offsets_tensor",
+    "shipped_tiles",
     "sparse_winograd_conv2d",
+    "tile_spec",
     "winograd_conv2d",
 ]
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+PATHS = ("one-kernel", "two-kernel")
 
 # Largest element count a Triton-path tensor may have. The kernels compute most offsets in
 # int64, but that has never been run at this size, so the Triton path refuses rather than risk a
@@ -45,22 +66,42 @@ INDEX_LIMIT = 2**31
 
 
 @functools.lru_cache(maxsize=64)
-def offsets_tensor(decomposition: dwm.Decomposition | None, device: torch.device) -> torch.Tensor:
-    """int32 (pieces, 2): the input transform's per-piece offset table."""
-    return torch.tensor(dwm.offsets_table(decomposition), dtype=torch.int32, device=device)
+def tile_spec(m: int, r: int, pts: tuple[Fraction, ...]) -> TileSpec:
+    """The exact matrices of F(m, r) with these points, as the kernel generator takes them."""
+    at, _, bt = winograd_matrices_exact(m, r, pts)
+    return TileSpec.from_lists(m, r, at, bt)
+
+
+def shipped_tiles() -> list[tuple[str, TileSpec]]:
+    """(name, spec) of the tiles compile-check covers: F(2,3), F(4,3), F(6,3) with the default
+    points, F(4,3) with the accurate points (other points generate the same code shape), and the
+    F(2,2), F(4,2), F(6,2) tiles the pieces of 3×3 stride-2 (and 2×2, 4×4) kernels run with
+    (``tritonwino.dwm``; larger kernels' pieces run as F(m, 3))."""
+    from .transforms import normalize_points
+
+    plain = [(f"F({m},3){' accurate' if pts else ''}", tile_spec(m, 3, normalize_points(m, 3, pts)))
+             for m, pts in ((2, None), (4, None), (6, None), (4, ACCURATE_POINTS[6]))]
+    return plain + [(f"F({m},2)", tile_spec(m, 2, normalize_points(m, 2, None))) for m in (2, 4, 6)]
 
 
 @functools.lru_cache(maxsize=64)
-def kron_padded(m: int, r: int, pts: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """KB (NN, NN) and KA (PP, MM) in fp32, zero-padded to the kernels' power-of-two blocks."""
-    kb, ka = winograd_kron(m, r, pts)
-    n = tile_size(m, r)
-    nn, mm = next_pow2(n * n), next_pow2(m * m)
-    kbp = torch.zeros(nn, nn, dtype=torch.float64)
-    kbp[: n * n, : n * n] = kb
-    kap = torch.zeros(nn, mm, dtype=torch.float64)
-    kap[: n * n, : m * m] = ka
-    return kbp.float().to(device), kap.float().to(device)
+def offsets_tensor(decomposition: dwm.Decomposition | None, device: torch.device) -> torch.Tensor:
+    """int32 (pieces, 2), contiguous: the decomposed input transform's per-piece offset table."""
+    return torch.tensor(dwm.offsets_table(decomposition), dtype=torch.int32, device=device)
+
+
+def transform_input(x: torch.Tensor, spec: TileSpec, padding: tuple[int, int], tiles: tuple[int, int],
+                    out_dtype: torch.dtype, winograd_relu: bool, decomposition: dwm.Decomposition | None,
+                    out_size: tuple[int, int], config=None, wrap=None) -> torch.Tensor:
+    """V (P, C, T) of x: the plain input transform, or for a decomposed convolution its pieces as
+    virtual channels (C = C_in · pieces), read in place with the per-piece offsets and the stride
+    over the expanded extent (HO + r − 1) × (WO + r − 1)."""
+    if decomposition is None:
+        return input_transform(x, spec, padding, tiles, out_dtype, winograd_relu, config, wrap)
+    ho, wo = out_size
+    return input_transform(x, spec, padding, tiles, out_dtype, winograd_relu, config, wrap,
+                           offsets=offsets_tensor(decomposition, x.device), stride=decomposition.stride,
+                           extent=(ho + spec.r - 1, wo + spec.r - 1))
 
 
 def check_triton_dtype(dtype: torch.dtype) -> None:
@@ -78,8 +119,7 @@ def check_index_range(x: torch.Tensor, k: int, c: int, m: int, r: int, padding: 
     ho, wo = _checks.conv_output_size(h, w, r, padding, decomposition)
     n = tile_size(m, r)
     t = nb * (-(-ho // m)) * (-(-wo // m))
-    sizes = {"input": x.numel(), "output": nb * k * ho * wo, "V (P x C x tiles)": n * n * c * t,
-             "M (P x K x tiles)": n * n * k * t}
+    sizes = {"input": x.numel(), "output": nb * k * ho * wo, "V (P x C x tiles)": n * n * c * t}
     for what, size in sizes.items():
         if size >= INDEX_LIMIT:
             raise ValueError(
@@ -89,37 +129,59 @@ def check_index_range(x: torch.Tensor, k: int, c: int, m: int, r: int, padding: 
             )
 
 
-def run(
-    x: torch.Tensor,
-    gemm: Callable[[torch.Tensor], torch.Tensor],
-    k: int,
-    bias: torch.Tensor | None,
-    padding: tuple[int, int],
-    m: int,
-    r: int,
-    pts: tuple,
-    relu: bool = False,
-    winograd_relu: bool = False,
-    decomposition: dwm.Decomposition | None = None,
-) -> torch.Tensor:
-    """Run the three stages; ``gemm(V (P, C, T)) -> M (P, K, T) fp32`` is the middle stage. A
-    decomposed convolution's pieces are virtual input channels of the one input transform."""
-    check_triton_dtype(x.dtype)
-    n = tile_size(m, r)
-    nb, _, h, w = x.shape
-    ho, wo = _checks.conv_output_size(h, w, r, padding, decomposition)
-    tiles = tile_grid(ho, wo, m)
-    kb, ka = kron_padded(m, r, pts, x.device)
-    if decomposition is None:
-        v = input_transform(x, kb, n, m, padding, tiles, _checks.operand_dtype(x.dtype),
-                            winograd_relu=winograd_relu)
-    else:
-        v = input_transform(x, kb, n, m, padding, tiles, _checks.operand_dtype(x.dtype),
-                            offsets_tensor(decomposition, x.device), decomposition.stride,
-                            (ho + r - 1, wo + r - 1), winograd_relu)
-    mm = gemm(v)
-    y = _checks.empty_output(x, k, ho, wo)
-    return output_transform(mm, ka, bias, y, m, tiles, relu)
+def kernel_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The bias as the output kernel reads it: (K,) dense (it indexes ``bias_ptr + k``, so a strided
+    view or an ``expand``-ed scalar would read the wrong elements or past its storage), in a dtype
+    the kernels take (float64 is rounded to float32, as the torch path adds it)."""
+    if bias is None:
+        return None
+    if bias.dtype not in TRITON_DTYPES:
+        bias = bias.to(torch.float32)
+    return bias.contiguous()
+
+
+class SparseCall:
+    """Everything one sparse forward launches, so the tuner can time configs and paths on it."""
+
+    def __init__(self, x: torch.Tensor, packed: PackedWinogradWeight, values: torch.Tensor,
+                 bias: torch.Tensor | None, padding: tuple[int, int], relu: bool = False, allow_tf32: bool = False,
+                 winograd_relu: bool = False):
+        self.x, self.packed, self.values, self.bias = x, packed, values, kernel_bias(bias)
+        self.padding, self.relu, self.allow_tf32, self.winograd_relu = padding, relu, allow_tf32, winograd_relu
+        self.decomposition = packed.dwm
+        nb, _, h, w = x.shape
+        self.ho, self.wo = _checks.conv_output_size(h, w, packed.r, padding, packed.dwm)
+        self.tiles = tile_grid(self.ho, self.wo, packed.m)
+        self.t_total = nb * self.tiles[0] * self.tiles[1]
+        self.spec = tile_spec(packed.m, packed.r, packed.points_fractions())
+        self.operand = _checks.operand_dtype(x.dtype)
+
+    def transform(self, config=None, wrap=None) -> torch.Tensor:
+        """V (P, C, T) of x (the two-kernel path's first launch; the pieces as virtual channels when
+        decomposed)."""
+        return transform_input(self.x, self.spec, self.padding, self.tiles, self.operand, self.winograd_relu,
+                               self.decomposition, (self.ho, self.wo), config, wrap)
+
+    def multiply(self, src: torch.Tensor, source: str, config=None, y: torch.Tensor | None = None,
+                 wrap=None) -> torch.Tensor:
+        """The fused multiply from V (``source="v"``) or straight from x (``"x"``) into y."""
+        p = self.packed
+        y = y if y is not None else _checks.empty_output(self.x, p.K, self.ho, self.wo)
+        return fused_multiply(src, self.spec, source, (self.values, p.indices, p.offsets), p.group_k, p.C,
+                              self.tiles, y, self.bias, self.relu, self.padding, self.allow_tf32,
+                              self.winograd_relu, config, wrap)
+
+    def run(self, path: str, config=None, input_config=None, wrap=None) -> torch.Tensor:
+        """Launch ``path``; ``wrap`` (``torch.library.wrap_triton`` inside a ``triton_op``) wraps
+        every kernel so that torch.compile sees the launches."""
+        if path == "two-kernel":
+            return self.multiply(self.transform(input_config, wrap), "v", config, wrap=wrap)
+        if path == "one-kernel":
+            if self.decomposition is not None:
+                # the one-kernel multiply transforms x itself and knows nothing of pieces
+                raise ValueError("a decomposed convolution (tritonwino.dwm) runs only on the two-kernel path")
+            return self.multiply(self.x, "x", config, wrap=wrap)
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
 
 
 def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
@@ -127,29 +189,52 @@ def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | N
                     allow_tf32: bool = False, winograd_relu: bool = False,
                     decomposition: dwm.Decomposition | None = None) -> torch.Tensor:
     """Dense Winograd convolution with a position-major Winograd-domain weight ``q_pck`` (P, C, K)
-    (C = input channels · pieces for a decomposed convolution)."""
+    (C = input channels · pieces for a decomposed convolution, whose ``r`` is the piece size):
+    the input transform, then the dense fused multiply."""
     p, c, k = q_pck.shape
     check_triton_dtype(x.dtype)
+    pieces = 1 if decomposition is None else decomposition.pieces
+    if p != tile_size(m, r) ** 2 or c != x.shape[1] * pieces:  # the GEMM launcher would only assert
+        raise ValueError(f"q_pck {tuple(q_pck.shape)} does not fit F({m},{r}) (P = {tile_size(m, r) ** 2}) and an "
+                         f"input of {x.shape[1]} channels" + (f" in {pieces} pieces" if pieces > 1 else ""))
+    _checks.check_tile_dtype(m, r, x.dtype, q_pck.dtype)
     check_index_range(x, k, c, m, r, padding, decomposition)
     q = q_pck.to(_checks.operand_dtype(x.dtype)).contiguous()
+    nb, _, h, w = x.shape
+    ho, wo = _checks.conv_output_size(h, w, r, padding, decomposition)
+    tiles = tile_grid(ho, wo, m)
+    spec = tile_spec(m, r, pts)
+    v = transform_input(x, spec, padding, tiles, q.dtype, winograd_relu, decomposition, (ho, wo))
+    y = _checks.empty_output(x, k, ho, wo)
+    bk, b = dense_block_k(k), kernel_bias(bias)
 
-    def gemm(v: torch.Tensor) -> torch.Tensor:
-        return winograd_gemm(v, q, allow_tf32, select.dense_config(v, q, m, r, allow_tf32))
+    def launch(cfg):
+        return fused_multiply(v, spec, "v", (q,), bk, c, tiles, y, b, relu, padding, allow_tf32, False, cfg)
 
-    return run(x, gemm, k, bias, padding, m, r, pts, relu, winograd_relu, decomposition)
+    return launch(select.dense_config(v, q, m, r, allow_tf32, launch))
 
 
 def sparse_winograd_conv2d(x: torch.Tensor, packed: PackedWinogradWeight, bias: torch.Tensor | None,
                            padding: tuple[int, int], relu: bool = False, allow_tf32: bool = False,
-                           winograd_relu: bool = False) -> torch.Tensor:
-    """Sparse Winograd convolution with a validated ``PackedWinogradWeight`` (decomposed if it says so)."""
+                           winograd_relu: bool = False, path: str | None = None) -> torch.Tensor:
+    """Sparse Winograd convolution with a validated ``PackedWinogradWeight``. ``path`` forces one of
+    :data:`PATHS` (default: ``select.sparse_path``'s choice for this shape); ``winograd_relu``
+    applies a ReLU to V (Liu et al. 2018: y = Aᵀ[Q ⊙ ReLU(Bᵀ X B)]A). A decomposed weight
+    (``packed.dwm``) runs the two-kernel path: ``path="one-kernel"`` is refused for it."""
     check_triton_dtype(x.dtype)
+    packed.check_fields()
+    _checks.check_tile_dtype(packed.m, packed.r, x.dtype)
     check_index_range(x, packed.K, packed.C, packed.m, packed.r, padding, packed.dwm)
-    vals = packed.values_as(_checks.operand_dtype(x.dtype))
-
-    def gemm(v: torch.Tensor) -> torch.Tensor:
-        cfg = select.sparse_config(v, packed, vals, allow_tf32)
-        return sparse_winograd_gemm(v, vals, packed.indices, packed.offsets, packed.K, packed.group_k, allow_tf32, cfg)
-
-    return run(x, gemm, packed.K, bias, padding, packed.m, packed.r, packed.points_fractions(), relu, winograd_relu,
-               packed.dwm)
+    if packed.dwm is not None and path == "one-kernel":
+        raise ValueError("a decomposed convolution (tritonwino.dwm) runs only on the two-kernel path: the one-kernel "
+                         "path transforms x itself and knows nothing of the pieces")
+    if not (packed.indices.is_contiguous() and packed.offsets.is_contiguous()):
+        # The kernel (and the autotuner's timed launches) read indices/offsets by flat offset: dense
+        # arrays only. A view loaded from a file or built by hand may have other strides.
+        packed = dataclasses.replace(packed, indices=packed.indices.contiguous(),
+                                     offsets=packed.offsets.contiguous(), _cast_cache=packed._cast_cache)
+    call = SparseCall(x, packed, packed.values_as(_checks.operand_dtype(x.dtype)), bias, padding, relu,
+                      allow_tf32, winograd_relu)
+    if path is None:
+        path = select.sparse_path(call).path
+    return call.run(path, select.sparse_config(call, path))

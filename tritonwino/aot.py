@@ -30,8 +30,41 @@ _REGS_RE = re.compile(r"Used (\d+) registers")
 _SPILL_RE = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 _STACK_RE = re.compile(r"(\d+) bytes stack frame")
 
-COLUMNS = ("kernel", "config", "arch", "regs", "spill_bytes", "stack", "smem", "tensor_cores", "status",
-           "seconds")
+COLUMNS = ("kernel", "config", "arch", "regs", "spill_bytes", "stack", "smem", "warps_per_sm", "occupancy_limit",
+           "tensor_cores", "status", "seconds")
+
+
+@dataclass(frozen=True)
+class SmLimits:
+    """Per-SM resources that bound how many warps of a kernel are resident (CUDA occupancy rules)."""
+
+    gpu: str
+    regs: int = 65536            # 32-bit registers per SM
+    max_warps: int = 64          # resident warps per SM
+    max_blocks: int = 32         # resident thread blocks per SM
+    smem: int = 0                # shared memory per SM usable by blocks (bytes)
+    smem_reserved: int = 1024    # reserved by the system per block (sm_80 and later)
+    reg_unit: int = 256          # registers are allocated per warp in units of 256
+
+
+# A100 (sm_80): 164 KB of shared memory per SM; H100 (sm_90): 228 KB. CUDA C Programming Guide,
+# "Technical Specifications per Compute Capability".
+SM_LIMITS = {"sm_80": SmLimits("A100", smem=164 * 1024), "sm_90": SmLimits("H100", smem=228 * 1024)}
+
+
+def occupancy(regs: int, smem: int, num_warps: int, limits: SmLimits) -> tuple[int, str]:
+    """(resident warps per SM, what limits it: regs | smem | warps | blocks) of a kernel using
+    ``regs`` registers per thread and ``smem`` bytes of shared memory per block of ``num_warps``."""
+    per_warp = -(-max(regs, 1) * 32 // limits.reg_unit) * limits.reg_unit
+    by = {
+        "regs": (limits.regs // per_warp) // num_warps,
+        "warps": limits.max_warps // num_warps,
+        "blocks": limits.max_blocks,
+    }
+    if smem:
+        by["smem"] = limits.smem // (smem + limits.smem_reserved)
+    limit = min(by, key=by.__getitem__)
+    return by[limit] * num_warps, limit
 
 
 @dataclass
@@ -46,6 +79,8 @@ class Row:
     spill_loads: int | None = None
     stack: int | None = None    # bytes of local-memory stack frame per thread
     smem: int | None = None
+    warps_per_sm: int | None = None      # resident warps per SM (occupancy) on SM_LIMITS[arch]
+    occupancy_limit: str | None = None   # the resource that bounds it
     tensor_cores: bool | None = None
     expects_mma: bool = False
     num_warps: int = 4
@@ -164,6 +199,7 @@ def compile_one(spec: Any, arch: str, save_dir: Path | None = None) -> Row:
         row.stack = max(stacks) if stacks else None
         if row.regs is None:
             raise RuntimeError(f"could not parse ptxas -v output: {log.strip()[:200]}")
+        row.warps_per_sm, row.occupancy_limit = occupancy(row.regs, row.smem or 0, spec.num_warps, SM_LIMITS[arch])
     except Exception as e:  # noqa: BLE001 - every failure becomes a FAIL row
         row.status = "FAIL"
         row.error = short_error(e)

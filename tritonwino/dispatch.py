@@ -9,8 +9,10 @@ H, W) the layer runs one of three paths:
 * ``dense``   — dense Winograd with the unpacked Q.
 * ``sparse``  — sparse Winograd with the packed Q.
 
-On a CUDA tensor the Winograd paths are the Triton kernels; on CPU the torch paths (the Triton
-interpreter is never a candidate: it is a test tool, not an execution path). Times are taken once —
+On a CUDA tensor the Winograd paths are the Triton kernels; on CPU the fused C++ kernels
+(``tritonwino._cpu_path``, backend ``"cpu"``) for float32 and the torch paths otherwise (the Triton
+interpreter is never a candidate: it is a test tool, not an execution path). The backend is part
+of the cache key, so times measured for one backend never decide for another. Times are taken once —
 on the first forward of a new bucket or by ``tritonwino.modules.tune_model`` — and stored in the persistent
 tuning cache (``tritonwino.tuning``, kernel name ``"dispatch"``), so another process with the same
 layer shapes and sparsity bucket reuses them. A Winograd path is chosen only when it beats conv2d
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import tuning
+from . import _cpu_path, tuning
 
 __all__ = [
     "MARGIN",
@@ -55,10 +57,11 @@ class Decision:
     """What a layer runs for one shape bucket, and why."""
 
     path: str  # conv2d | dense | sparse
-    backend: str  # torch | triton (for conv2d: the library conv2d runs, "torch")
+    backend: str  # torch | triton | cpu (for conv2d: the library conv2d runs, "torch")
     source: str  # measured | cache | pinned | static
     times_ms: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    kernels: str = ""  # the Triton kernel sequence behind a Winograd path, and why (explain's column)
 
     def label(self) -> str:
         return self.path if self.path == "conv2d" else f"{self.path}-winograd/{self.backend}"
@@ -91,8 +94,11 @@ def shape_key(x: torch.Tensor) -> tuple:
 
 
 def winograd_backend(x: torch.Tensor) -> str:
-    """Triton for CUDA tensors it supports; the torch path otherwise."""
-    return "triton" if x.is_cuda and x.dtype != torch.float64 else "torch"
+    """Triton for CUDA tensors it supports, the C++ kernels for float32 CPU tensors (where they
+    build), the torch path otherwise."""
+    if x.is_cuda:
+        return "triton" if x.dtype != torch.float64 else "torch"
+    return "cpu" if _cpu_path.runs(x) else "torch"
 
 
 def candidates(layer, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
@@ -126,9 +132,9 @@ def _cache_key(layer, x: torch.Tensor) -> str:
     extra = {} if p.decomposition is None else {"dwm": p.decomposition}
     if getattr(layer, "winograd_relu", False):
         extra["wrelu"] = 1
-    return tuning.make_key(dev=dev, dtype=dtype, n=nb, hw=(h, w), cl=cl, ck=(p.C, p.K), tile=(p.m, p.r),
-                           pad=layer.padding, sig=p.sparsity_signature, exact=layer.spatial_weight() is not None,
-                           pts=",".join(p.points), **extra)
+    return tuning.make_key(dev=dev, be=winograd_backend(x), dtype=dtype, n=nb, hw=(h, w), cl=cl, ck=(p.C, p.K),
+                           tile=(p.m, p.r), pad=layer.padding, sig=p.sparsity_signature,
+                           exact=layer.spatial_weight() is not None, pts=",".join(p.points), **extra)
 
 
 def decide(layer, x: torch.Tensor) -> Decision:

@@ -1,9 +1,13 @@
 """Functional forms of the dense and sparse Winograd convolution (re-exported by
 ``tritonwino.sparse_conv``).
 
-``backend``: ``"auto"`` (Triton kernels for CUDA tensors, the torch path for CPU tensors),
-``"triton"`` (force the kernels; on CPU tensors this needs the Triton interpreter, enabled with
-``TRITON_INTERPRET=1`` before import), ``"torch"`` (the pure-torch path of ``tritonwino.reference``).
+``backend``: ``"auto"`` (Triton kernels for CUDA tensors; the fused C++ kernels of
+``tritonwino._cpu_path`` for float32 CPU tensors, the torch path for other CPU dtypes or where no
+C++ compiler is found), ``"triton"`` (force the kernels; on CPU tensors this needs the Triton
+interpreter, enabled with ``TRITON_INTERPRET=1`` before import), ``"cpu"`` (force the C++ kernels:
+float32 CPU tensors, inference only), ``"torch"`` (the pure-torch path of ``tritonwino.reference``).
+The C++ kernels run plain F(m, r) convolutions only: a Winograd-ReLU or decomposed (stride 2,
+even or large kernel) call that resolves to ``"cpu"`` runs the torch path (``ops.cpu_runs``).
 
 Every inference call goes through one ``tritonwino::`` custom op (``tritonwino.ops``), the same
 node a converted model's layers produce, so ``torch.compile(fullgraph=True)`` sees one opaque
@@ -16,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _checks, dwm, ops, reference
+from . import _checks, _cpu_path, dwm, ops, reference
 from .packing import PackedWinogradWeight, check_decomposition, packed_from_arrays
 from .transforms import normalize_points, tile_size
 
@@ -30,24 +34,35 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
 
 
 def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None) -> str:
-    """The path to run: ``"torch"`` or ``"triton"``.
+    """The path to run: ``"torch"``, ``"triton"`` or ``"cpu"``.
 
-    The Triton kernels have no backward, so when autograd needs gradients ``"auto"`` takes the
-    differentiable torch path and ``"triton"`` refuses instead of silently returning a result
-    without a gradient.
+    The Triton and C++ kernels have no backward, so when autograd needs gradients ``"auto"`` takes
+    the differentiable torch path and ``"triton"`` / ``"cpu"`` refuse instead of silently returning
+    a result without a gradient.
 
     Args:
-        backend: ``"auto"``, ``"triton"`` or ``"torch"``.
+        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"torch"``.
         x: the input (its device decides ``"auto"``).
         *params: other tensors whose gradients autograd may need (weight, bias, packed values).
     """
     _checks.check_backend(backend)
     needs_grad = _needs_grad(x, *params)
     if backend == "auto":
-        return "triton" if x.is_cuda and not needs_grad else "torch"
-    if backend == "triton" and needs_grad:
-        raise RuntimeError("backend='triton' is inference-only (no backward): run under torch.no_grad() / "
+        if needs_grad:
+            return "torch"
+        if x.is_cuda:
+            return "triton"
+        return "cpu" if _cpu_path.runs(x) else "torch"
+    if backend in ("triton", "cpu") and needs_grad:
+        raise RuntimeError(f"backend={backend!r} is inference-only (no backward): run under torch.no_grad() / "
                            "inference_mode, or use backend='torch' (or 'auto') to train")
+    if backend == "cpu":
+        if x.device.type != "cpu":
+            raise ValueError(f"backend='cpu' runs CPU tensors, got x on {x.device}")
+        _cpu_path.check_cpu_dtype(x.dtype)
+        reason = None if torch.compiler.is_compiling() else _cpu_path.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"backend='cpu' is unavailable: {reason}")
     return backend
 
 
@@ -83,7 +98,7 @@ def winograd_conv2d(
         bias: optional (K,).
         padding: int or (ph, pw), zero padding.
         m: output tile side; F(m, r) uses n = m + r − 1 input tiles (r the piece size when decomposed).
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (module docstring).
+        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"torch"`` (module docstring).
         points: the n − 1 finite interpolation points (default: the library's standard set).
         stride: 1 or 2 (2 runs decomposed).
         dilation, groups: only 1 and 1 are supported (others raise ValueError).
@@ -127,8 +142,8 @@ def winograd_conv2d(
     q = reference.winograd_weight(w, m, pts)  # float64, then cast once
     # cast straight from float64 to what the GEMM reads (no double rounding through fp32)
     q_pck = q.permute(2, 3, 1, 0).reshape(n * n, cv, k).to(_checks.operand_dtype(x.dtype)).contiguous()
-    return ops.winograd_conv2d_pck_op(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32,
-                                      winograd_relu, None if d is None else d.key())
+    return ops.winograd_conv2d_pck_call(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32,
+                                        winograd_relu, None if d is None else d.key())
 
 
 def winograd_conv2d_pck(
@@ -161,12 +176,21 @@ def winograd_conv2d_pck(
     """
     pad = _checks.check_padding(padding)
     pts = normalize_points(m, r, points)
-    be = resolve_backend(backend, x, q_pck, bias)
+    if not isinstance(q_pck, torch.Tensor) or q_pck.dim() != 3 or q_pck.dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"q_pck must be a floating (P, C, K) tensor, got "
+                        f"{tuple(q_pck.shape) if isinstance(q_pck, torch.Tensor) else type(q_pck).__name__}")
+    n = tile_size(m, r)
+    if q_pck.shape[0] != n * n:
+        raise ValueError(f"q_pck has {q_pck.shape[0]} positions; F({m},{r}) has {n * n}")
     d = None if decomposition is None else dwm.decomposition(*check_decomposition(decomposition, r, q_pck.shape[1]))
+    _checks.check_input(x, _checks.real_channels(q_pck.shape[1], d))
+    _checks.check_bias(bias, q_pck.shape[2])
+    _checks.check_same_device(x=x, q=q_pck, bias=bias)
+    be = resolve_backend(backend, x, q_pck, bias)
     if _needs_grad(x, q_pck, bias):
         return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts, relu, winograd_relu, d)
-    return ops.winograd_conv2d_pck_op(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32,
-                                      winograd_relu, None if d is None else d.key())
+    return ops.winograd_conv2d_pck_call(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32,
+                                        winograd_relu, None if d is None else d.key())
 
 
 def sparse_winograd_conv2d(
@@ -190,7 +214,7 @@ def sparse_winograd_conv2d(
             A packed weight with a ``decomposition`` runs its k×k stride-s convolution (``tritonwino.dwm``).
         bias: optional (K,).
         padding: int or (ph, pw).
-        backend: ``"auto"``, ``"triton"`` or ``"torch"``.
+        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"torch"`` (module docstring).
         relu: fuse a ReLU into the output transform.
         allow_tf32: let fp32 GEMMs use tf32 tensor cores on a GPU.
         winograd_relu: ``Aᵀ[Q ⊙ ReLU(Bᵀ X B)]A`` (Liu et al.; fused into the input transform on Triton).
@@ -209,6 +233,9 @@ def sparse_winograd_conv2d(
     if not isinstance(packed, PackedWinogradWeight):
         raise TypeError(f"packed must be a PackedWinogradWeight (see pack_winograd_weight), "
                         f"got {type(packed).__name__}")
+    # Types, shapes, dtypes and devices here (no host sync); the arrays' contents are validated in
+    # the op, once per array version (packing.packed_from_arrays).
+    packed.check_fields()
     _checks.check_input(x, packed.in_channels)
     _checks.check_bias(bias, packed.K)
     _checks.check_same_device(x=x, packed=packed.values, bias=bias)
@@ -219,7 +246,10 @@ def sparse_winograd_conv2d(
         cached = packed_from_arrays(packed.values, packed.indices, packed.offsets, packed.m, packed.r, packed.K,
                                     packed.C, packed.block, packed.group_k, packed.points, packed.decomposition)
         return reference.sparse_winograd_conv2d(x, cached, bias, pad, relu, winograd_relu)
-    return ops.sparse_winograd_conv2d_op(
+    if be == "triton" and x.is_cuda and torch.compiler.is_compiling():
+        # let Inductor see the kernels (a triton_op); the opaque custom op below everywhere else
+        return ops.sparse_winograd_conv2d_traceable(x, packed, bias, pad, relu, allow_tf32, winograd_relu)
+    return ops.sparse_winograd_conv2d_call(
         x, packed.values, packed.indices, packed.offsets, bias, list(pad), [packed.m, packed.r],
         [packed.K, packed.C], list(packed.block), ops.points_str(packed.points), be, relu, allow_tf32,
         winograd_relu, None if packed.decomposition is None else list(packed.decomposition))

@@ -19,6 +19,7 @@ stride)``, from which the pieces follow; ``r`` is then the piece size.
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections.abc import Sequence
@@ -30,8 +31,8 @@ import torch
 from . import _checks, dwm
 from .transforms import normalize_points
 
-__all__ = ["PackedWinogradWeight", "SUPPORTED_GROUP_K", "check_kernel_block", "index_dtype", "pack_winograd_weight",
-           "packed_from_arrays"]
+__all__ = ["PackedWinogradWeight", "SUPPORTED_GROUP_K", "array_token", "check_kernel_block", "index_dtype",
+           "pack_winograd_weight", "packed_from_arrays"]
 
 # Output-channel group sizes the sparse kernel can run: tl.dot needs >= 16 rows on tensor cores.
 SUPPORTED_GROUP_K = (16, 32, 64)
@@ -42,6 +43,18 @@ def index_dtype(channels: int) -> torch.dtype:
     """Smallest index dtype the kernels accept for ``channels`` input channels."""
     return torch.int16 if channels <= INT16_MAX_CHANNELS else torch.int32
 DEFAULT_ELEMENT_GROUP_K = 16
+
+
+def array_token(*tensors: torch.Tensor) -> tuple | None:
+    """What PyTorch can tell about the contents of ``tensors`` without reading them: version
+    counter (bumped by every in-place op), storage pointer, shape and strides (``t.data = other``
+    changes these without a version bump). Equal tokens mean unchanged contents, except for writes
+    through ``t.data[...]``, which PyTorch never records. None for inference tensors (no version
+    counter): never cache anything derived from them."""
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple((t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device)
+                 for t in tensors)
 
 
 @dataclass
@@ -119,50 +132,83 @@ class PackedWinogradWeight:
         return sum(t.numel() * t.element_size() for t in (self.values, self.indices, self.offsets))
 
     def points_fractions(self) -> tuple[Fraction, ...]:
-        return tuple(Fraction(p) for p in self.points)
+        return _points_of(self.m, self.r, tuple(self.points))
 
     # ---- conversions --------------------------------------------------------------------------
-    def to(self, device=None, dtype: torch.dtype | None = None) -> PackedWinogradWeight:
+    def to(self, *args, **kwargs) -> PackedWinogradWeight:
+        """Move and/or cast like ``Tensor.to``: ``p.to("cuda")``, ``p.to(torch.float16)``,
+        ``p.to("cuda", torch.float16)``, ``p.to(device=..., dtype=...)`` or ``p.to(other_tensor)``.
+        The dtype applies to the values only (indices and offsets keep their integer types).
+
+        Example:
+            >>> from tritonwino import reference
+            >>> p = pack_winograd_weight(reference.winograd_weight(torch.randn(16, 4, 3, 3), 4).float())
+            >>> p.to(torch.float16).values.dtype, p.to(torch.float16).indices.dtype
+            (torch.float16, torch.int16)
+        """
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"packed values must stay floating, got dtype={dtype}")
         return PackedWinogradWeight(
-            self.values.to(device=device, dtype=dtype), self.indices.to(device), self.offsets.to(device),
+            self.values.to(device=device, dtype=dtype, non_blocking=non_blocking),
+            self.indices.to(device, non_blocking=non_blocking), self.offsets.to(device, non_blocking=non_blocking),
             self.m, self.r, self.K, self.C, self.block, self.group_k, self.points, self.decomposition,
         )
 
     @torch.inference_mode(False)  # cached across calls: must not be an inference tensor
     def values_as(self, dtype: torch.dtype) -> torch.Tensor:
-        """values in ``dtype`` (cached, so repeated forwards do not re-cast)."""
-        if dtype == self.values.dtype:
+        """values in ``dtype``, contiguous (cached, so repeated forwards do not re-cast)."""
+        if dtype == self.values.dtype and self.values.is_contiguous():
             return self.values
-        key = (dtype, self.values.device, self.values.data_ptr(), self.values._version)
+        # the kernels read values as a dense (nnz, group_k) array: never hand them other strides
+        token = array_token(self.values)
         hit = self._cast_cache.get(dtype)
-        if hit is None or hit[0] != key:
-            hit = (key, self.values.to(dtype).contiguous())
-            self._cast_cache[dtype] = hit
+        if token is None or hit is None or hit[0] != token:
+            hit = (token, self.values.to(dtype).contiguous())
+            if token is not None:
+                self._cast_cache[dtype] = hit
         return hit[1]
 
     @torch.inference_mode(False)  # cached across calls: must not be an inference tensor (see reference.py)
     def padded_slabs(self, operand: torch.dtype, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """For the torch path: (idx (P·G, L), vals (P·G, L, group_k)) padded to the longest list,
         padding pointing at channel C (a zero row the torch path appends to V). Values are rounded
-        to ``operand`` (what a kernel would read) and held in ``dtype``. Cached."""
-        key = ("padded", operand, dtype)
-        hit = self._cast_cache.get(key)
-        if hit is not None and hit[0] == (self.values.data_ptr(), self.values._version):
-            return hit[1]
-        pg = self.P * self.G
-        dev = self.values.device
-        counts = (self.offsets[1:] - self.offsets[:-1]).long()
-        longest = int(counts.max()) if counts.numel() else 0
-        idx = torch.full((pg, longest), self.C, dtype=torch.long, device=dev)
-        vals = torch.zeros((pg, longest, self.group_k), dtype=dtype, device=dev)
-        if self.nnz_channels:
+        to ``operand`` (what a kernel would read) and held in ``dtype``.
+
+        Cached per state of the arrays (``array_token``: an in-place edit of the indices, offsets
+        or values rebuilds them). When autograd records the values (``values.requires_grad``
+        under grad mode) the slab is rebuilt differentiably on every call, never cached: a cached
+        slab would carry the first call's graph into the next backward."""
+        layout_key = array_token(self.indices, self.offsets)
+        cacheable = layout_key is not None
+        hit = self._cast_cache.get("layout")
+        if hit is not None and cacheable and hit[0] == layout_key:
+            idx, grp, slot = hit[1]
+        else:
+            pg = self.P * self.G
+            dev = self.values.device
+            counts = (self.offsets[1:] - self.offsets[:-1]).long()
+            longest = int(counts.max()) if counts.numel() else 0
+            idx = torch.full((pg, longest), self.C, dtype=torch.long, device=dev)
             grp = torch.repeat_interleave(torch.arange(pg, device=dev), counts)
             slot = torch.arange(self.nnz_channels, device=dev) - self.offsets[:-1].long()[grp]
-            idx[grp, slot] = self.indices.long()
-            vals[grp, slot] = self.values.to(operand).to(dtype)
-        out = (idx, vals)
-        self._cast_cache[key] = ((self.values.data_ptr(), self.values._version), out)
-        return out
+            if self.nnz_channels:
+                idx[grp, slot] = self.indices.long()
+            if cacheable:
+                self._cast_cache["layout"] = (layout_key, (idx, grp, slot))
+        differentiable = torch.is_grad_enabled() and self.values.requires_grad
+        key = ("padded", operand, dtype)
+        values_key = None if differentiable else array_token(self.values)
+        cacheable = cacheable and values_key is not None
+        hit = self._cast_cache.get(key)
+        if cacheable and hit is not None and hit[0] == (layout_key, values_key):
+            return idx, hit[1]
+        vals = torch.zeros((idx.shape[0], idx.shape[1], self.group_k), dtype=dtype, device=self.values.device)
+        if self.nnz_channels:
+            vals = vals.index_put((grp, slot), self.values.to(operand).to(dtype))
+        if cacheable:
+            self._cast_cache[key] = ((layout_key, values_key), vals)
+        return idx, vals
 
     def unpack(self) -> torch.Tensor:
         """The dense Winograd-domain weight (K, C, n, n), exactly as packed."""
@@ -181,30 +227,89 @@ class PackedWinogradWeight:
 
     def __setstate__(self, state):
         # A loaded file is untrusted input: check it before a kernel could index out of bounds.
+        if not isinstance(state, dict) or not _FIELDS <= set(state):
+            missing = sorted(_FIELDS - set(state)) if isinstance(state, dict) else "all"
+            raise ValueError(f"packed weight: the pickled state is not a PackedWinogradWeight (missing: {missing})")
         self.__dict__.update(state)
+        self._cast_cache = {}
         self.validate()
 
-    def validate(self) -> None:
-        """Check internal consistency; raises ValueError before any kernel could read out of bounds."""
-        pg = self.P * self.G
+    def check_fields(self) -> None:
+        """The checks that need no look at the arrays' contents (no host sync): field types,
+        dtypes, shapes, devices, tile, points and granularity. ValueError/TypeError if wrong."""
+        for name in ("m", "r", "K", "C", "group_k"):
+            v = getattr(self, name)
+            low = 1 if name in ("m", "r", "group_k") else 0
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"packed weight: {name} must be an int >= {low}, got {v!r}")
+        if isinstance(self.points, str) or not isinstance(self.points, tuple | list) or not all(
+                isinstance(p, str) for p in self.points):
+            raise ValueError(f"packed weight: points must be a tuple of strings such as ('0', '1', '-1'), "
+                             f"got {self.points!r}")
+        _points_of(self.m, self.r, tuple(self.points))
+        try:
+            bk, bc = check_kernel_block(self.block)
+        except ValueError as e:
+            raise ValueError(f"packed weight: {e}") from None
+        if self.group_k not in SUPPORTED_GROUP_K or (bk != 1 and self.group_k != bk):
+            raise ValueError(f"packed weight: group_k={self.group_k} does not fit block={self.block} "
+                             f"(one of {SUPPORTED_GROUP_K}, equal to bk when bk > 1)")
+        for name in ("values", "indices", "offsets"):
+            arr = getattr(self, name)
+            if not isinstance(arr, torch.Tensor):
+                raise TypeError(f"packed weight: {name} must be a torch.Tensor, got {type(arr).__name__}")
         if self.offsets.dtype != torch.int32 or self.indices.dtype not in (torch.int16, torch.int32):
-            raise ValueError("packed weight: offsets must be int32 and indices int16 or int32")
+            raise ValueError(f"packed weight: offsets must be int32 and indices int16 or int32, got "
+                             f"{self.offsets.dtype} and {self.indices.dtype}")
+        if self.values.dtype not in _checks.FLOAT_DTYPES:
+            raise ValueError(f"packed weight: values must be float32, float16, bfloat16 or float64, "
+                             f"got {self.values.dtype}")
+        devs = {t.device for t in (self.values, self.indices, self.offsets)}
+        if len(devs) != 1:
+            raise ValueError(f"packed weight: values, indices and offsets must be on one device, got "
+                             f"{self.values.device}, {self.indices.device} and {self.offsets.device} "
+                             "(move the whole weight with packed.to(device))")
         if self.indices.dtype == torch.int16 and self.C > INT16_MAX_CHANNELS:
             raise ValueError(f"packed weight: int16 indices cannot address C={self.C} channels")
+        pg = self.P * self.G
         if self.offsets.shape != (pg + 1,):
             raise ValueError(f"packed weight: offsets must have {pg + 1} entries, got {tuple(self.offsets.shape)}")
+        if self.indices.dim() != 1:
+            raise ValueError(f"packed weight: indices must be 1-D, got shape {tuple(self.indices.shape)}")
         nnz = self.indices.numel()
         if self.values.shape != (nnz, self.group_k):
             raise ValueError(f"packed weight: values must be ({nnz}, {self.group_k}), got {tuple(self.values.shape)}")
-        off = self.offsets.long()
-        if int(off[0]) != 0 or int(off[-1]) != nnz or bool((off[1:] < off[:-1]).any()):
-            raise ValueError("packed weight: offsets must start at 0, be non-decreasing and end at nnz")
         if nnz >= 2**31:
             raise ValueError("packed weight: more than 2^31 kept slots; split the layer")
-        if nnz and (int(self.indices.min()) < 0 or int(self.indices.max()) >= self.C):
-            raise ValueError(f"packed weight: a channel index is outside [0, {self.C})")
-        normalize_points(self.m, self.r, self.points)
+        _checks.check_tile_dtype(self.m, self.r, self.values.dtype)
         check_decomposition(self.decomposition, self.r, self.C)
+
+    def validate(self) -> None:
+        """Check internal consistency (:meth:`check_fields` plus the arrays' contents: offsets
+        from 0 to nnz, non-decreasing; every index in [0, C)); raises ValueError before any kernel
+        could read out of bounds. Reads the arrays (a host sync on a GPU): run once per change."""
+        self.check_fields()
+        nnz = self.indices.numel()
+        if self.offsets.device.type == "meta":
+            return  # shapes only (tracing); the real arrays are checked when they exist
+        off = self.offsets.long()
+        if int(off[0]) != 0 or int(off[-1]) != nnz or bool((off[1:] < off[:-1]).any()):
+            raise ValueError(f"packed weight: offsets must start at 0, be non-decreasing and end at nnz={nnz}")
+        if nnz and (int(self.indices.min()) < 0 or int(self.indices.max()) >= self.C):
+            raise ValueError(f"packed weight: a channel index is outside [0, {self.C}) (indices span "
+                             f"{int(self.indices.min())}..{int(self.indices.max())})")
+        if nnz > 1:  # a repeated channel would count twice in the kernels and once in unpack()
+            idx = self.indices.long()
+            inner = torch.ones(nnz - 1, dtype=torch.bool, device=idx.device)  # pairs within one group
+            starts = off[1:-1]
+            inner[starts[(starts > 0) & (starts < nnz)] - 1] = False
+            if bool(((idx[1:] <= idx[:-1]) & inner).any()):
+                raise ValueError("packed weight: indices must be strictly ascending within a group "
+                                 "(a channel listed twice)")
+
+
+# required pickle fields (``decomposition`` is optional: files from before it load as plain)
+_FIELDS = {"values", "indices", "offsets", "m", "r", "K", "C", "block", "group_k", "points"}
 
 
 def check_decomposition(decomposition: object, r: int, c: int) -> tuple[int, int] | None:
@@ -224,6 +329,12 @@ def check_decomposition(decomposition: object, r: int, c: int) -> tuple[int, int
     return d.kernel, d.stride
 
 
+@functools.lru_cache(maxsize=256)
+def _points_of(m: int, r: int, points: tuple[str, ...]) -> tuple[Fraction, ...]:
+    # parsing Fractions costs ~100 µs: once per (tile, point set), not on every call
+    return normalize_points(m, r, points)
+
+
 def check_kernel_block(block: object) -> tuple[int, int]:
     """The granularities the sparse kernel runs: ``_checks.check_block`` plus bk in {1, 16, 32, 64}
     (bk = 1 is element granularity, grouped by ``group_k`` output channels when packed)."""
@@ -236,6 +347,10 @@ def check_kernel_block(block: object) -> tuple[int, int]:
     return bk, bc
 
 
+# Outside inference mode even when called inside it: the arrays outlive the call, and inference
+# tensors have no version counter, so no cache could ever trust them (a layer packed under
+# torch.inference_mode() must still run outside it).
+@torch.inference_mode(False)
 def pack_winograd_weight(
     q: torch.Tensor,
     block: Sequence[int] = (16, 1),
@@ -256,8 +371,10 @@ def pack_winograd_weight(
             ``(bk, 1)`` with bk in 16/32/64 keeps or drops input channels per group of bk output
             channels; ``(bk, bc)`` additionally keeps input channels in blocks of bc.
         r: kernel size; the tile is F(n − r + 1, r).
-        points: the interpolation points ``q`` was built with (default: the library's standard set).
-        dtype: storage dtype of the values (default ``q.dtype``, which makes ``unpack()`` exact).
+        points: the interpolation points ``q`` was built with: a sequence, ``"standard"`` (the
+            default) or ``"accurate"`` (``tritonwino.transforms.accurate_points``).
+        dtype: storage dtype of the values: float32, float16, bfloat16 or float64 (default ``q.dtype``,
+            which makes ``unpack()`` exact); half types only for tiles with n <= 8.
         group_k: output channels per group for element granularity (16, 32 or 64).
         decomposition: ``(kernel, stride)`` when ``q`` is the Winograd-domain form of a decomposed
             k×k stride-s convolution (``tritonwino.dwm``): C = input channels · pieces, r the piece size.
@@ -287,6 +404,11 @@ def pack_winograd_weight(
         raise ValueError(f"q has n={n}, which is not a tile for r={r} (need n >= r)")
     pts = normalize_points(m, r, points)
     decomposition = check_decomposition(decomposition, r, c)
+    store = q.dtype if dtype is None else dtype
+    if store not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"dtype={store!r}: packed values must be stored as float32, float16, bfloat16 or "
+                        "float64 (an integer or bool dtype would truncate the weights)")
+    _checks.check_tile_dtype(m, r, store)
     if not torch.isfinite(q).all():
         raise ValueError("q contains NaN or Inf: pack only finite weights")
     bk, bc = check_kernel_block(block)
@@ -319,21 +441,24 @@ def pack_winograd_weight(
     _, ch = flat_keep.nonzero(as_tuple=True)  # row-major: grouped by pg, channels ascending
     values = slabs.reshape(p_count * g_count, c, group_k)[flat_keep]
     packed = PackedWinogradWeight(
-        values=values.to(dtype or q.dtype).contiguous(),
+        values=values.to(store).contiguous(),
         indices=ch.to(index_dtype(c)).contiguous(),
         offsets=offsets.to(torch.int32),
         m=m, r=r, K=k, C=c, block=(bk, bc), group_k=group_k,
         points=tuple(str(p) for p in pts), decomposition=decomposition,
     )
+    packed.check_fields()  # the contents are right by construction
     return packed
 
 # --------------------------------------------------------------------------------------------
 # packed arrays -> PackedWinogradWeight, cached per tensor identity
 # --------------------------------------------------------------------------------------------
-# Rebuilding the PackedWinogradWeight on every call would throw away its cast / padded-slab
-# caches (the torch path's padded slabs need a host sync to build) and re-run validate(), which
-# also syncs. Entries are keyed by id(values) and checked by identity and version counters, so a
-# freed tensor whose id is reused, or an in-place edit, can never hit a stale entry.
+# Re-validating on every call would sync (validate() reads the arrays), and a fresh object would
+# throw away the cast / padded-slab caches. Entries are keyed by id(values) and checked by identity,
+# version counters and tensor metadata, so a freed tensor whose id is reused, an in-place edit or a
+# swapped storage can never hit a stale entry. An entry holds only weak references to the arrays and
+# the caches (derived tensors), never the arrays: it dies with ``values`` (no leak of every packed
+# weight ever seen).
 _REGISTRY: dict[int, tuple] = {}
 
 
@@ -347,21 +472,26 @@ def _forget(registry: dict, key: int, ref: weakref.ref) -> None:
 def packed_from_arrays(values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, m: int, r: int,
                        k: int, c: int, block: tuple[int, int], group_k: int,
                        points: tuple[str, ...], decomposition: tuple[int, int] | None = None) -> PackedWinogradWeight:
-    """The ``PackedWinogradWeight`` over these arrays, validated once per array version (ValueError
-    if corrupt); the same object (with its caches) comes back while the arrays are unchanged."""
+    """A ``PackedWinogradWeight`` over these arrays, validated once per array version (ValueError
+    if corrupt); while the arrays are unchanged, later calls skip validation and share the caches."""
     decomposition = None if decomposition is None else tuple(decomposition)
     meta = (m, r, k, c, tuple(block), group_k, tuple(points), decomposition)
-    versions = (values._version, indices._version, offsets._version)
+    for name, t in (("values", values), ("indices", indices), ("offsets", offsets)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"packed weight: {name} must be a torch.Tensor, got {type(t).__name__}")
+    versions = array_token(values, indices, offsets)
     key = id(values)
     entry = _REGISTRY.get(key)
-    if (entry is not None and entry[0]() is values and entry[1]() is indices and entry[2]() is offsets
-            and entry[3] == versions and entry[4] == meta):
-        return entry[5]
-    packed = PackedWinogradWeight(values, indices, offsets, m, r, k, c, tuple(block), group_k, tuple(points),
-                                  decomposition)
+    if (versions is not None and entry is not None and entry[0]() is values and entry[1]() is indices
+            and entry[2]() is offsets and entry[3] == versions and entry[4] == meta):
+        # a fresh object sharing the caches: the registry must not keep the arrays alive
+        return PackedWinogradWeight(values, indices, offsets, *meta, _cast_cache=entry[5])
+    packed = PackedWinogradWeight(values, indices, offsets, *meta)
     packed.validate()
+    if versions is None:  # inference tensors: validated on every call, never cached
+        return packed
     vref = weakref.ref(values, lambda ref, key=key, reg=_REGISTRY: _forget(reg, key, ref))
-    _REGISTRY[key] = (vref, weakref.ref(indices), weakref.ref(offsets), versions, meta, packed)
+    _REGISTRY[key] = (vref, weakref.ref(indices), weakref.ref(offsets), versions, meta, packed._cast_cache)
     return packed
 
 

@@ -187,6 +187,7 @@ def sparse_winograd_conv2d(
     weight with a decomposition runs its k×k stride-s convolution."""
     pad = _checks.check_padding(padding)
     m, r, pts, d = packed.m, packed.r, packed.points_fractions(), packed.dwm
+    _checks.check_tile_dtype(m, r, x.dtype, packed.values.dtype)
     nb, _, h, w = x.shape
     ho, wo = _checks.conv_output_size(h, w, r, pad, d)
     acc = _checks.accum_dtype(x.dtype)
@@ -248,6 +249,7 @@ def winograd_conv2d_pck(
     _checks.check_input(x, _checks.real_channels(c, decomposition))
     _checks.check_bias(bias, k)
     _checks.check_same_device(x=x, q=q_pck, bias=bias)
+    _checks.check_tile_dtype(m, r, x.dtype, q_pck.dtype)
     nb, _, h, w = x.shape
     ho, wo = _checks.conv_output_size(h, w, r, padding, decomposition)
     acc = _checks.accum_dtype(x.dtype)

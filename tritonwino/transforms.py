@@ -19,7 +19,11 @@ import torch
 __all__ = [
     "STANDARD_POINTS",
     "ACCURATE_POINTS",
+    "POINT_SET_NAMES",
+    "accurate_points",
     "default_points",
+    "MAX_TILE",
+    "input_transform_gain",
     "normalize_points",
     "winograd_matrices",
     "winograd_matrices_exact",
@@ -81,6 +85,33 @@ def default_points(n: int) -> tuple[Fraction, ...]:
     return tuple(next(seq) for _ in range(n - 1))
 
 
+# Largest input tile n = m + r - 1 accepted anywhere. The transforms' conditioning grows
+# exponentially with n: fp32 results are garbage from n = 14 (relative error ~1), float64 from n ~ 20,
+# and the exact rational construction itself takes seconds beyond n ~ 32 (a "hang" for a typo'd m).
+# Per-dtype limits below this one: tritonwino._checks.check_tile_dtype.
+MAX_TILE = 16
+
+# Names a caller may pass instead of a list of points (``points="accurate"``), on every path.
+POINT_SET_NAMES = ("standard", "accurate")
+
+
+def accurate_points(n: int) -> tuple[Fraction, ...]:
+    """The point set ``points="accurate"`` means for an n×n input tile: ``ACCURATE_POINTS[n]`` where
+    a better-conditioned set is known, else the standard set. The one place that mapping lives."""
+    return ACCURATE_POINTS.get(n, default_points(n))
+
+
+def _named_points(n: int, name: str) -> tuple[Fraction, ...]:
+    if name == "standard":
+        return default_points(n)
+    if name == "accurate":
+        return accurate_points(n)
+    raise ValueError(
+        f"points={name!r}: a point set is a sequence of n - 1 = {n - 1} numbers (e.g. [0, 1, -1, 2, -2] "
+        f"or ['0', '1/2', ...]) or one of the names {', '.join(map(repr, POINT_SET_NAMES))}"
+    )
+
+
 def _to_fraction(p: object) -> Fraction:
     if isinstance(p, bool):
         raise ValueError(f"interpolation point {p!r} is a bool, not a number")
@@ -100,17 +131,34 @@ def _to_fraction(p: object) -> Fraction:
     raise ValueError(f"interpolation point {p!r} has unsupported type {type(p).__name__}")
 
 
-def normalize_points(m: int, r: int, points: Sequence[object] | None = None) -> tuple[Fraction, ...]:
-    """Validate (m, r, points) and return the finite points as a tuple of Fractions."""
+def normalize_points(m: int, r: int, points: Sequence[object] | str | None = None) -> tuple[Fraction, ...]:
+    """Validate (m, r, points) and return the finite points as a tuple of Fractions.
+
+    ``points``: None or ``"standard"`` (the library's set, :func:`default_points`), ``"accurate"``
+    (:func:`accurate_points`), or a sequence of n − 1 distinct finite numbers (ints, floats,
+    ``Fraction``, strings such as ``"1/2"``). Anything else raises ValueError.
+    """
     for name, v in (("m", m), ("r", r)):
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError(f"{name} must be an int, got {v!r}")
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
     n = tile_size(m, r)
+    if n > MAX_TILE:
+        raise ValueError(
+            f"F({m},{r}) has input tile n = m + r - 1 = {n}; tiles beyond n = {MAX_TILE} are not supported "
+            "(their rounding error grows exponentially with n: use a smaller m, e.g. F(4,3) or F(6,3))"
+        )
     if points is None:
         return default_points(n)
-    pts = tuple(_to_fraction(p) for p in points)
+    if isinstance(points, str):  # a name, never a string of digits parsed character by character
+        return _named_points(n, points)
+    try:
+        items = tuple(points)
+    except TypeError:
+        raise ValueError(f"points must be a sequence of numbers or one of {POINT_SET_NAMES}, "
+                         f"got {type(points).__name__}") from None
+    pts = tuple(_to_fraction(p) for p in items)
     if len(pts) != n - 1:
         raise ValueError(
             f"F({m},{r}) needs n - 1 = {n - 1} finite interpolation points (infinity is implied), "
@@ -231,6 +279,22 @@ def winograd_kron(
     kb = torch.einsum("ia,jb->abij", bt, bt).reshape(n * n, n * n)
     ka = torch.einsum("pi,qj->ijpq", at, at).reshape(n * n, m * m)
     return kb, ka
+
+
+def input_transform_gain(m: int, r: int, points: Sequence[object] | str | None = None) -> float:
+    """The largest ``|V|`` of the input transform ``V = Bᵀ X B`` per unit of ``max |X|``:
+    ``(max_i Σ_a |Bᵀ[i, a]|)²``, exact (reached by a tile whose signs follow the worst row).
+
+    ``V`` is stored in the input's dtype for fp16/bf16 inputs, so an fp16 input is safe while
+    ``max |x| <= 65504 / input_transform_gain(m, r)`` (F(2,3): 16376, F(4,3): 655, F(6,3): 291).
+
+    Example:
+        >>> input_transform_gain(4, 3)
+        100.0
+    """
+    _, _, bt = winograd_matrices_exact(m, r, points)
+    row = max(sum(abs(v) for v in rw) for rw in bt)
+    return float(row * row)
 
 
 def spatial_from_winograd(q: torch.Tensor, m: int, r: int, points: Sequence[object] | None = None,

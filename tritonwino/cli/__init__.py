@@ -17,6 +17,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("tune", "tune", "autotune the kernel configs of a model's layers for this GPU (CPU: a timing report)"),
     ("prune", "prune", "the pruning experiment: spatial-Winograd pruning (both steps) vs baselines"),
     ("info", "info", "device, versions, available paths and tuning-cache summary"),
+    ("fuzz", "fuzz", "generated valid and invalid cases on both paths: counts silent wrong answers, crashes, hangs"),
     ("compile-check", "compile_check",
      "AOT-compile every kernel config for sm_80/sm_90 and report registers, spills, tensor cores"),
 ]

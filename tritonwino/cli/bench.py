@@ -2,14 +2,16 @@
 
 Shapes C=K in {64,128,256,512} at H=W in {56,28,14,7}; Winograd-domain sparsity {0,50,75,90}% at
 granularities (1,1), (16,1), (32,1), (16,16); batch {1,8} on CPU ({1,8,32} on a GPU). Each row:
-times of F.conv2d, dense Winograd and sparse Winograd for every available path, speedup, packed
-bytes vs dense spatial weight bytes, and the environment (device, versions, threads, TF32, timer).
-On CPU only the torch paths are timed (the Triton interpreter is a correctness tool, not a
-runtime); on a GPU the Triton kernels are timed too.
+times of F.conv2d, dense Winograd and sparse Winograd for every path, speedup, packed bytes vs dense
+spatial weight bytes, and the environment (device, versions, threads, TF32, timer). Paths: on CPU
+the fused C++ kernels ("cpu") and the pure-torch path ("torch"); on a GPU the Triton kernels too
+(the Triton interpreter is a correctness tool, not a runtime). Every candidate of one (shape, batch,
+tile) is timed interleaved with F.conv2d, so each speedup comes from one run.
 
 Examples:
   tritonwino bench --out results/ --quick            (two shapes, batch 1: about a minute)
   tritonwino bench --out results/ --shapes 512:7 --sparsities 0.75 0.9 --blocks 16x1 32x1 --plot
+  tritonwino bench --out results/ --threads 2 --paths cpu --blocks 16x1 32x1
 bench/sparse_layers.py runs the full sweep into bench/results/.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..experiments.layer_bench import BLOCKS, SHAPES, SPARSITIES, report, sweep
+from ..experiments.layer_bench import BLOCKS, SHAPES, SPARSITIES, default_paths, report, sweep
 from ..experiments.rows import write_rows
 from .args import parse_block, parse_shape
 
@@ -37,6 +39,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--sparsities", type=float, nargs="+", default=SPARSITIES, help="Winograd-domain sparsities")
     ap.add_argument("--blocks", nargs="+", default=[f"{a}x{b}" for a, b in BLOCKS], metavar="BKxBC",
                     help="granularities, e.g. 1x1 16x1 32x1 16x16")
+    ap.add_argument("--paths", nargs="+", default=None, choices=["cpu", "torch", "triton"],
+                    help="Winograd backends to time (default: cpu and torch on CPU, torch and triton on a GPU)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for every candidate (default: torch's default); stated in every row")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds per candidate (default 15)")
     ap.add_argument("--plot", action="store_true", help="also write the speedup and memory plots")
 
 
@@ -46,7 +53,16 @@ def run(args: argparse.Namespace) -> int:
     shapes = ([tuple(parse_shape(s, "--shapes", (2,), "64:56 (C:H)")) for s in args.shapes] if args.shapes
               else (SHAPES[2:] if args.quick else SHAPES))
     blocks = [parse_block(b, "--blocks") for b in args.blocks]
-    rows = sweep(shapes, batches, args.tiles, args.sparsities, blocks, device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    paths = args.paths or default_paths(device)
+    if "cpu" in paths and device.type == "cpu":
+        from ..functional import resolve_backend
+
+        resolve_backend("cpu", torch.empty(1, 1, 1, 1))  # a clear error now if the C++ kernels cannot build
+    rows = sweep(shapes, batches, args.tiles, args.sparsities, blocks, device, paths=paths, rounds=args.rounds)
     stem = args.name or f"sparse_layers_{device.type}"
     csv_path, _ = write_rows(rows, args.out, stem)
     (Path(args.out) / f"{stem}.md").write_text(report(rows))

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", action="append", choices=sorted(ARCHS),
                         help="architecture to compile for (repeatable; default: sm_80 and sm_90)")
     parser.add_argument("--kernel", action="append", metavar="NAME",
-                        help="only this kernel (repeatable), e.g. winograd_gemm")
+                        help="only this kernel (repeatable), e.g. fused_x_sparse")
     parser.add_argument("--limit", type=int, metavar="N",
                         help="only the first N configs of each kernel (a quick representative subset)")
     parser.add_argument("--jobs", type=int, default=1, metavar="J",
@@ -81,10 +81,11 @@ def run(args: argparse.Namespace) -> int:
     private_cache = tempfile.mkdtemp(prefix="tritonwino-compile-check-cache-")
     os.environ["TRITON_CACHE_DIR"] = private_cache
     try:
+        from tritonwino._triton_path import shipped_tiles
         from tritonwino.kernels.registry import all_compile_specs
 
         try:
-            all_specs = all_compile_specs()
+            all_specs = all_compile_specs(shipped_tiles())
         except Exception as e:  # noqa: BLE001 - a broken kernel module is a gate failure
             print(f"compile-check: could not collect kernel configs: {short_error(e)}", file=sys.stderr)
             return 1

@@ -34,6 +34,7 @@ from ..experiments.models import SmallVGG
 from ..experiments.plotting import plot_accuracy, plot_memory, plot_speedup
 from ..experiments.rows import sparse_row, write_rows
 from ..experiments.training import Batches, accuracy, train
+from ..functional import resolve_backend
 from ..pruning import SpatialPruner, finalize
 from ..sparse_conv import SparseWinogradConv2d, convert, pack_winograd_weight, sparse_winograd_conv2d, tune_model
 from ..tables import markdown_table
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     env = environment(device)
     # The converted model uses measured dispatch (conv2d, dense or sparse Winograd per layer, never
     # slower than conv2d); the layer rows and the sweep time the sparse path itself.
-    sparse_backend = "triton" if device.type == "cuda" else "torch"
+    sparse_backend = "triton" if device.type == "cuda" else resolve_backend("auto", torch.empty(1, 1, 1, 1))
     quick = args.quick
     targets = args.targets or ([0.5, 0.8] if quick else [0.5, 0.7, 0.8, 0.85])
     m, block = 4, (16, 1)
@@ -172,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
              plot_memory(pd.DataFrame(sweep_rows), out / "memory_vs_sparsity.png")]
     timing_note = ("GPU timings (triton.testing.do_bench)" if device.type == "cuda" else
                    f"CPU timings ({env['threads']} threads, time.perf_counter medians); the CPU runs the "
-                   "torch paths, not the Triton kernels, so these numbers say nothing about GPU speed")
+                   f"{'C++ CPU kernels' if sparse_backend == 'cpu' else 'torch paths'}, not the Triton kernels, "
+                   "so these numbers say nothing about GPU speed")
     report = [
         "# tritonwino demo report\n",
         f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}, tritonwino {env['tritonwino']}; "

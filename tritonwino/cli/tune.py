@@ -1,13 +1,15 @@
 """Autotune the Triton kernels of a model's layers for this GPU and store the winners.
 
-What gets tuned: for every 3x3 (odd r×r) stride-1 layer and every --batch, the dense
-Winograd-domain GEMM ("winograd_gemm") and the sparse one ("sparse_winograd_gemm"), through
-tritonwino.tuning.dense_config / sparse_config, which time every candidate launch config and
-write the fastest into the tuning cache of this GPU and Triton version (see `tritonwino info` for
-its path; $TRITONWINO_CACHE_DIR moves it). Layers that share a tuning key are tuned once. Later
-runs of the model, in any process, read the cache instead of re-timing.
+What gets tuned: for every 3x3 (odd r×r) stride-1 layer and every --batch, the dense fused
+Winograd multiply ("fused_dense") and the sparse one on both kernel paths ("fused_sparse", one key
+per path), through tritonwino.tuning.dense_config / sparse_config, which time every candidate
+launch config and write the fastest into the tuning cache of this GPU and Triton version (see
+`tritonwino info` for its path; $TRITONWINO_CACHE_DIR moves it); on a GPU also the choice between
+the one- and the two-kernel sparse path ("sparse_path": both paths timed with their tuned configs).
+Layers that share a tuning key are tuned once. Later runs of the model, in any process, read the
+cache instead of re-timing.
 
-Which layers (pick one):
+Which layers (pick one; with --dry-run and none given, the plan for --arch resnet18):
   --arch resnet18|vgg16|small-vgg  a built-in architecture with random Winograd-domain masks of
                                    --sparsity at the --block granularity and --tile
   --model PATH                     a torch.save()d whole model: its SparseWinogradConv2d layers
@@ -25,6 +27,7 @@ Examples:
   tritonwino tune --arch resnet18 --sparsity 0.8 --block 16x1 --tile 4 --batch 1 8 32
   tritonwino tune --model pruned_converted.pt --input-size 32 --batch 8 --out tune-results/
   tritonwino tune --shapes 64:64:56 128:128:28 --dry-run
+  tritonwino tune --dry-run                 # the default plan (resnet18), nothing timed
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import _checks, _triton_path, reference, tuning
+from .. import _checks, _triton_path, tuning
+from ..dispatch import winograd_backend
 from ..env import environment, interpreting
 from ..experiments.layers import (
     ARCH_INPUT,
@@ -53,13 +57,15 @@ from ..experiments.layers import (
     load_model,
 )
 from ..experiments.rows import write_rows
-from ..functional import sparse_winograd_conv2d
+from ..functional import sparse_winograd_conv2d, winograd_conv2d_pck
 from ..kernels._common import dot_precision
-from ..kernels.input_transform import input_transform
-from ..kernels.sparse_winograd_gemm import gpu_configs as sparse_gpu_configs
-from ..kernels.sparse_winograd_gemm import interpreter_config as sparse_ic
-from ..kernels.winograd_gemm import gpu_configs as dense_gpu_configs
-from ..kernels.winograd_gemm import interpreter_config as dense_ic
+from ..kernels.fused_multiply import (
+    dense_block_k,
+    fused_multiply,
+    gpu_configs,
+    interpreter_config,
+    one_kernel_supported,
+)
 from ..modules import SparseWinogradConv2d, tune_model
 from ..packing import PackedWinogradWeight
 from ..tuning import select
@@ -152,9 +158,16 @@ def triton_jobs(layers: list[Layer], batches: list[int], dtype: torch.dtype, all
             t = layer.tiles(nb)
             jobs.append(Job(select.DENSE_KERNEL,
                             select.dense_key(t, layer.c, layer.k, layer.m, layer.r, opd, allow_tf32),
-                            nb, layer, [layer.name], len(dense_gpu_configs(opd, prec))))
-            jobs.append(Job(select.SPARSE_KERNEL, select.sparse_key(t, layer.packed, opd, allow_tf32),
-                            nb, layer, [layer.name], len(sparse_gpu_configs(opd, prec, layer.packed.group_k))))
+                            nb, layer, [layer.name], len(gpu_configs(layer.m, dense_block_k(layer.k), opd, prec, "v"))))
+            # the one-kernel path exists for half operands only (fp32 layers always take two kernels)
+            paths = (("two-kernel", "v"),) + ((("one-kernel", "x"),) if one_kernel_supported(layer.m, opd) else ())
+            for path, src in paths:
+                n_cands = len(gpu_configs(layer.m, layer.packed.group_k, opd, prec, src))
+                jobs.append(Job(select.SPARSE_KERNEL, select.sparse_key(t, layer.packed, opd, allow_tf32, path),
+                                nb, layer, [layer.name], n_cands))
+            if torch.cuda.is_available():
+                jobs.append(Job(select.PATH_KERNEL, select.sparse_key(t, layer.packed, opd, allow_tf32, "path"),
+                                nb, layer, [layer.name], 2))
     return _dedup(jobs)
 
 
@@ -172,41 +185,48 @@ def cpu_jobs(layers: list[Layer], batches: list[int], dtype: torch.dtype) -> lis
 def _interpreter_candidates(job: Job):
     """Two configs the interpreter can run quickly: enough to exercise the timing and cache
     writing of the Triton tuning loop on a machine without a GPU (the timings mean nothing)."""
-    t = job.layer.tiles(job.batch)
-    base = sparse_ic(t) if job.kernel == select.SPARSE_KERNEL else dense_ic(t, job.layer.k, job.layer.c)
+    base = interpreter_config(job.layer.tiles(job.batch))
     # num_warps does not change what the interpreter computes, so the variant is always valid.
     return [base, type(base)(**{**asdict(base), "num_warps": 2 if base.num_warps != 2 else 4})]
 
 
 def tune_triton_job(job: Job, device: torch.device, dtype: torch.dtype, allow_tf32: bool, force: bool,
                     candidates_fn: Callable[[Job], list] | None = None) -> dict:
-    """Tune one (kernel, key) through tritonwino.autotune (which writes the cache); returns a row."""
+    """Tune one (kernel, key) through tritonwino.tuning.select (which writes the cache); returns a row."""
     layer = job.layer
     gen = torch.Generator().manual_seed(job.batch)
     x = torch.randn(job.batch, layer.c, layer.h, layer.w, generator=gen).to(device=device, dtype=dtype)
     opd = _checks.operand_dtype(dtype)
-    pts = layer.packed.points_fractions()
-    n = layer.m + layer.r - 1
-    kb, _ = _triton_path.kron_padded(layer.m, layer.r, pts, device)
-    ho, wo = _checks.output_size(layer.h, layer.w, layer.r, layer.padding)
-    v = input_transform(x, kb, n, layer.m, layer.padding, reference.tile_grid(ho, wo, layer.m), opd)
-    candidates = candidates_fn(job) if candidates_fn is not None else None
+    path_job = job.kernel == select.PATH_KERNEL
+    candidates = candidates_fn(job) if candidates_fn is not None and not path_job else None
     n_candidates = len(candidates) if candidates is not None else job.candidates
     cache = tuning.get_cache()
     was_cached = not force and cache.get_entry(job.kernel, job.key) is not None
+    packed = layer.packed.to(device)
+    call = _triton_path.SparseCall(x, packed, packed.values_as(opd), None, layer.padding, False, allow_tf32)
     t0 = time.perf_counter()
-    if job.kernel == select.SPARSE_KERNEL:
-        packed = layer.packed.to(device)
-        cfg = select.sparse_config(v, packed, packed.values_as(opd), allow_tf32, candidates, force)
+    if path_job:
+        winner = select.sparse_path(call, force).path
+    elif job.kernel == select.SPARSE_KERNEL:
+        path = "one-kernel" if "path=one-kernel" in job.key else "two-kernel"
+        winner = tuning.config_label(asdict(select.sparse_config(call, path, candidates, force)))
     else:
+        n = layer.m + layer.r - 1
         q_pck = layer.packed.unpack().permute(2, 3, 1, 0).reshape(n * n, layer.c, layer.k)
-        cfg = select.dense_config(v, q_pck.to(device=device, dtype=opd).contiguous(), layer.m, layer.r,
-                                    allow_tf32, candidates, force)
+        q_pck = q_pck.to(device=device, dtype=opd).contiguous()
+        v = call.transform()
+        y = torch.empty(job.batch, layer.k, call.ho, call.wo, device=device, dtype=dtype)
+
+        def launch(cfg):
+            return fused_multiply(v, call.spec, "v", (q_pck,), dense_block_k(layer.k), layer.c, call.tiles, y,
+                                  allow_tf32=allow_tf32, config=cfg)
+
+        winner = tuning.config_label(asdict(select.dense_config(v, q_pck, layer.m, layer.r, allow_tf32, launch,
+                                                                candidates, force)))
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     entry = cache.get_entry(job.kernel, job.key) or {}
-    winner = tuning.config_label(asdict(cfg))
     timings = entry.get("timings", {})
     best_ms = timings.get(winner)
     return {"kernel": job.kernel, "key": job.key, "layers": " ".join(job.layers), "N": job.batch,
@@ -219,7 +239,8 @@ def tune_triton_job(job: Job, device: torch.device, dtype: torch.dtype, allow_tf
 
 
 def time_cpu_job(job: Job, dtype: torch.dtype, reps: int) -> dict:
-    """Time F.conv2d, the dense and the sparse torch Winograd paths for one layer on CPU, interleaved;
+    """Time F.conv2d, the dense and the sparse Winograd paths for one layer on CPU (the backend dispatch
+    would use: the C++ kernels for float32, else the torch path), interleaved;
     returns a report row (nothing is written to the tuning cache: layers measure their own dispatch
     on first use, or through ``tune_model``)."""
     layer = job.layer
@@ -232,11 +253,12 @@ def time_cpu_job(job: Job, dtype: torch.dtype, reps: int) -> dict:
     # The dense path keeps its weight position-major (P, C, K), as a deployed layer would.
     q_pck = layer.packed.unpack().permute(2, 3, 1, 0).reshape(n * n, layer.c, layer.k).float().contiguous()
     packed, pad, m, r = layer.packed, layer.padding, layer.m, layer.r
+    be = winograd_backend(x)
     t0 = time.perf_counter()
     t = tuning.time_interleaved({
         "conv2d": lambda: F.conv2d(x, w, padding=pad),
-        "dense": lambda: reference.winograd_conv2d_pck(x, q_pck, None, pad, m, r, pts),
-        "sparse": lambda: sparse_winograd_conv2d(x, packed, None, pad, backend="torch"),
+        "dense": lambda: winograd_conv2d_pck(x, q_pck.to(x.dtype), None, pad, m, r, pts, backend=be),
+        "sparse": lambda: sparse_winograd_conv2d(x, packed, None, pad, backend=be),
     }, "cpu", rounds=reps)
     seconds = time.perf_counter() - t0
     ms = {name: v["ms"] for name, v in t.items()}
@@ -248,18 +270,28 @@ def time_cpu_job(job: Job, dtype: torch.dtype, reps: int) -> dict:
             "conv2d_ms": ms["conv2d"], "dense_ms": ms["dense"], "sparse_ms": ms["sparse"],
             "sparse_ms_p20": t["sparse"]["ms_p20"], "sparse_ms_p80": t["sparse"]["ms_p80"], "winner": best,
             "speedup_best_vs_conv2d": ms["conv2d"] / ms[best], "tune_s": seconds,
-            "dtype": str(dtype).removeprefix("torch.")}
+            "dtype": str(dtype).removeprefix("torch."), "backend": be}
 
 
 # --------------------------------------------------------------------------------------------
 # the command
 # --------------------------------------------------------------------------------------------
 
+DEFAULT_DRY_RUN_ARCH = "resnet18"
+
+
 def _check_args(args: argparse.Namespace) -> None:
     chosen = [name for name in ("arch", "model", "shapes") if getattr(args, name)]
+    if not chosen and args.dry_run:
+        # a plan costs nothing: show the default one rather than an error
+        args.arch = DEFAULT_DRY_RUN_ARCH
+        print(f"no --arch, --model or --shapes given: the plan for the default, --arch {DEFAULT_DRY_RUN_ARCH} "
+              f"(sparsity {args.sparsity:g}, block {args.block}, F({args.tile},3))")
+        return _check_args(args)
     if len(chosen) != 1:
         raise SystemExit("tritonwino tune: give exactly one of --arch, --model or --shapes"
-                         + (f" (got {', '.join('--' + c for c in chosen)})" if chosen else ""))
+                         + (f" (got {', '.join('--' + c for c in chosen)})" if chosen else
+                            f" (--dry-run alone shows the plan for --arch {DEFAULT_DRY_RUN_ARCH})"))
     if not 0.0 <= args.sparsity < 1.0:
         raise SystemExit(f"tritonwino tune: --sparsity must be in [0, 1), got {args.sparsity}")
     if args.tile < 1:

@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     shapes = layer_shapes(model, te.tensors[0], pruned_names)
     first = probe.dense_layers[0]
 
-    def keep_first_spatial(name, conv):  # the dense first conv stays a plain conv [ours]
+    def keep_first_spatial(conv, name):  # the dense first conv stays a plain conv [ours]
         return name != first
 
     env = environment("cpu")

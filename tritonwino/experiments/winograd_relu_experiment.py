@@ -208,7 +208,7 @@ class _Arm:
             self.pruner = SpatialPruner(self.model, m=m, block=(1, 1))
         else:
             if method != "wrelu":
-                convert_to_winograd(self.model, m=m, filter_fn=lambda name, conv: name != FIRST)
+                convert_to_winograd(self.model, m=m, filter_fn=lambda conv, name: name != FIRST)
             rule = {"yu": "yu", "li": "li", "liu": "liu", "wrelu": "liu"}[method]
             self.pruner = WinogradPruner(self.model, method=rule, block=(1, 1), keep_dense=None)
         self.phase = want

@@ -37,6 +37,7 @@ from .masks import (
 from .pruners import (
     SpatialPruner,
     WinogradPruner,
+    attach_spatial_mask,
     export_masks,
     finalize,
     load_pruned_state_dict,
@@ -68,6 +69,7 @@ __all__ = [
     "prune_winograd",
     "SpatialPruner",
     "WinogradPruner",
+    "attach_spatial_mask",
     "model_winograd_sparsity",
     "export_masks",
     "finalize",

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import _checks, dwm
+from ..modules import SparseWinogradConv2d
 from ..packing import PackedWinogradWeight, pack_winograd_weight
 from ..reference import winograd_conv2d_q
 from ..transforms import normalize_points, tile_size
@@ -153,7 +154,7 @@ class WinogradConv2d(nn.Module):
         if reason:
             raise ValueError(f"cannot convert {conv}: {reason}")
         k, c, ks, _ = conv.weight.shape
-        layer = cls(c, k, ks, conv.padding, conv.bias is not None, m, points,
+        layer = cls(c, k, ks, _checks.conv_padding(conv), conv.bias is not None, m, points,
                     dtype=conv.weight.dtype, device=conv.weight.device, stride=conv.stride[0], decompose=decompose)
         w = conv.weight.detach()
         if spatial_mask is None:
@@ -204,8 +205,14 @@ class WinogradConv2d(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return winograd_conv2d_q(x, self.q, self.bias, self.padding, self.m, self.r, self.points,
+        # Q ⊙ mask, not Q: the mask holds whatever loop trains the layer (a plain optimizer.step()
+        # regrows pruned entries of q; they never reach the output, the metric or the packed weight).
+        return winograd_conv2d_q(x, self.masked_q(), self.bias, self.padding, self.m, self.r, self.points,
                                  winograd_relu=self.winograd_relu, decomposition=self.dwm)
+
+    def masked_q(self) -> torch.Tensor:
+        """``Q ⊙ mask``: the weight the layer computes with (differentiable in ``q``)."""
+        return self.q * self.mask.to(self.q.dtype)
 
     # -- pruning support ----------------------------------------------------------------------
     @torch.no_grad()
@@ -221,18 +228,18 @@ class WinogradConv2d(nn.Module):
         return WinogradWeight(q, self.m, self.r, self.points, b, self.padding, self.decomposition)
 
     @torch.no_grad()
-    def to_packed(self, block: Sequence[int] = (16, 1), dtype: torch.dtype = torch.float32) -> PackedWinogradWeight:
-        """The packed weight of ``q ⊙ mask`` at granularity ``block`` (what ``convert`` and
-        ``SparseWinogradConv2d.from_conv2d`` build from this layer; the layer is not modified).
+    def to_packed(self, block: Sequence[int] = (16, 1), dtype: torch.dtype | None = None) -> PackedWinogradWeight:
+        """The packed weight of ``q ⊙ mask`` at granularity ``block``, values in ``dtype`` (default:
+        the layer's dtype). What ``convert`` and ``SparseWinogradConv2d.from_conv2d`` build from this
+        layer; the layer is not modified.
 
         Example:
             >>> layer = WinogradConv2d(8, 16, 3, padding=1)
             >>> layer.to_packed((16, 1)).density
             1.0
         """
-        q = self.q.detach() * self.mask.to(self.q.dtype)
-        return pack_winograd_weight(q, block, r=self.r, points=self.points, dtype=dtype,
-                                    decomposition=self.decomposition)
+        return pack_winograd_weight(self.masked_q().detach(), block, r=self.r, points=self.points,
+                                    dtype=dtype or self.q.dtype, decomposition=self.decomposition)
 
     def spatial_mask_of(self) -> torch.Tensor:
         raise ValueError(
@@ -299,12 +306,23 @@ class WinogradReLUConv2d(WinogradConv2d):
     winograd_relu = True
 
 
+def _layer_kinds(kinds: tuple) -> tuple:
+    # the layer classes among ``kinds`` (subclasses count: a WinogradReLUConv2d is a WinogradConv2d)
+    return tuple(k for k in kinds if k is not nn.Conv2d)
+
+
+def _kernel_of(mod: nn.Module) -> int:
+    ks = mod.kernel_size
+    return ks[0] if isinstance(ks, tuple) else ks
+
+
 def eligible_convs(model: nn.Module, r: int | None = None, kinds: tuple = (nn.Conv2d,)) -> dict[str, nn.Module]:
-    """Named modules of type ``kinds`` that a Winograd F(m, r) can run (in module order)."""
+    """Named modules of type ``kinds`` (``nn.Conv2d``, ``WinogradConv2d``, converted
+    ``SparseWinogradConv2d``) that a Winograd F(m, r) can run (in module order)."""
     out = {}
     for name, mod in model.named_modules():
-        if isinstance(mod, WinogradConv2d) and WinogradConv2d in kinds:
-            if r is None or mod.kernel_size == r:
+        if isinstance(mod, WinogradConv2d | SparseWinogradConv2d) and isinstance(mod, _layer_kinds(kinds)):
+            if r is None or _kernel_of(mod) == r:
                 out[name] = mod
         elif isinstance(mod, nn.Conv2d) and nn.Conv2d in kinds and _checks.conv_ineligible_reason(mod, r) is None:
             out[name] = mod
@@ -316,20 +334,23 @@ def convert_to_winograd(
     m: int = 4,
     points: Sequence[object] | None = None,
     r: int | None = 3,
-    filter_fn: Callable[[str, nn.Conv2d], bool] | None = None,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
 ) -> dict[str, WinogradConv2d]:
     """Swap every eligible r×r ``nn.Conv2d`` of ``model`` (in place) for a ``WinogradConv2d``
     (stride-2 ones decomposed, ``tritonwino.dwm``; ``r=None``: every eligible kernel size).
 
     Spatial masks attached by :class:`SpatialPruner` carry over as exact zeros of Q. Returns the
-    new layers by name. ``filter_fn(name, conv)`` may exclude layers.
+    new layers by name. ``filter_fn(module, name) -> bool`` may exclude layers (the argument order
+    of ``tritonwino.sparse_conv.convert``; a ``(name, module)`` filter still works, with a
+    DeprecationWarning, until the next release).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    keep = _checks.module_filter(filter_fn, "filter_fn")
     convs = eligible_convs(model, r)
     out = {}
     for name, conv in convs.items():
-        if filter_fn is not None and not filter_fn(name, conv):
+        if keep is not None and not keep(conv, name):
             continue
         layer = WinogradConv2d.from_conv2d(conv, m=m, points=points)
         model.set_submodule(name, layer)
@@ -345,7 +366,7 @@ def convert_to_winograd_relu(
     model: nn.Module,
     m: int = 4,
     points: Sequence[object] | None = None,
-    filter_fn: Callable[[str, nn.Conv2d], bool] | None = None,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
 ) -> dict[str, WinogradReLUConv2d]:
     """Rewrite every ReLU→Conv2d pair of ``model`` (in place) into Liu et al.'s Winograd-ReLU form:
     the ``nn.ReLU`` becomes ``nn.Identity`` and the conv a :class:`WinogradReLUConv2d` initialised
@@ -360,7 +381,8 @@ def convert_to_winograd_relu(
         model: changed in place.
         m: output tile of F(m, 3) (Liu et al. used F(2, 3)).
         points: interpolation points (default: the standard set).
-        filter_fn: ``filter_fn(conv_name, conv) -> bool`` may exclude convs.
+        filter_fn: ``filter_fn(conv, conv_name) -> bool`` may exclude convs (the argument order of
+            every filter in the library; a ``(name, module)`` filter still works, with a DeprecationWarning).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -372,6 +394,7 @@ def convert_to_winograd_relu(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    keep = _checks.module_filter(filter_fn, "filter_fn")
     out: dict[str, WinogradReLUConv2d] = {}
     for seq_name, seq in list(model.named_modules()):
         if not isinstance(seq, nn.Sequential):
@@ -390,7 +413,7 @@ def convert_to_winograd_relu(
             if (_checks.conv_ineligible_reason(conv) is not None
                     or dwm.plan(conv.kernel_size[0], conv.stride[0]) is not None):
                 continue
-            if filter_fn is not None and not filter_fn(full, conv):
+            if keep is not None and not keep(conv, full):
                 continue
             setattr(seq, conv_name, WinogradReLUConv2d.from_conv2d(conv, m=m, points=points))
             setattr(seq, relu_name, nn.Identity())
@@ -416,7 +439,7 @@ def winograd_sparsity(
     if isinstance(weight_or_q, WinogradConv2d):
         if weight_or_q.m != m:
             raise ValueError(f"layer was built for F({weight_or_q.m},{weight_or_q.r}) but m={m} was given")
-        q = weight_or_q.q.detach()
+        q = weight_or_q.masked_q().detach()
         return float((q == 0).sum()) / q.numel()
     if isinstance(weight_or_q, nn.Conv2d):  # its own decomposition, if any
         q = conv_winograd_weight(weight_or_q, m, points)

@@ -7,18 +7,20 @@ is kept or pruned together; (1, 1) is the paper's element granularity.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
+from ..reference import matrices
 from .helpers import (
-    bisect_threshold,
     check_block,
     check_target,
     group_expand,
     group_reduce,
     position_support,
     spatial_weight_check,
+    threshold_for_target,
     winograd_weight,
 )
 
@@ -38,6 +40,23 @@ def _q_sparsity(weight: torch.Tensor, mask: torch.Tensor, m: int, points) -> flo
     return float((q == 0).sum()) / q.numel()
 
 
+def _separable(t: torch.Tensor, rows: list[torch.Tensor], op: str) -> torch.Tensor:
+    """``out[..., i, j] = op over (a, b) in rows[i] × rows[j] of t[..., a, b]`` (op "amax" / "amin").
+
+    The support of row (x, y) of G⊗G is supp(G[x]) × supp(G[y]), so a reduction over it splits
+    into one over each axis: r·n + n² small reductions per kernel instead of n²·r²."""
+    half = torch.stack([getattr(t[..., :, idx], op)(dim=-1) for idx in rows], dim=-1)  # (..., A, len)
+    return torch.stack([getattr(half[..., idx, :], op)(dim=-2) for idx in rows], dim=-2)  # (..., len, len)
+
+
+def _g_rows(m: int, r: int, points, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per row x of G the spatial taps it reads, and per tap u the rows that read it."""
+    _, g, _ = matrices(m, r, points)
+    nz = (g != 0).to(device)
+    return ([nz[x].nonzero().flatten() for x in range(nz.shape[0])],
+            [nz[:, u].nonzero().flatten() for u in range(nz.shape[1])])
+
+
 def spatial_group_importance(
     weight: torch.Tensor, m: int = 4, points: Sequence[object] | None = None, block=(1, 1)
 ) -> torch.Tensor:
@@ -49,11 +68,8 @@ def spatial_group_importance(
     r = spatial_weight_check(weight)
     block = check_block(block)
     a = group_reduce(weight.detach().abs().to(torch.float64), block, "max")  # (Kg, Cg, r, r)
-    supp = position_support(m, r, points).to(a.device)  # (P, r²)
-    kg, cg = a.shape[:2]
-    vals = a.reshape(kg, cg, 1, r * r) * supp.to(a.dtype)  # |w| ≥ 0, so zeros outside the support are neutral
-    n = m + r - 1
-    return vals.amax(dim=-1).reshape(kg, cg, n, n)
+    taps, _ = _g_rows(m, r, points, a.device)
+    return _separable(a, taps, "amax")
 
 
 def spatial_structured_mask(
@@ -82,25 +98,35 @@ def prune_spatial_structured(
     tol: float = 1e-4,
     max_iter: int = 60,
 ) -> tuple[torch.Tensor, float, float]:
-    """Step 1 for one layer: binary-search τ so that the Winograd-domain sparsity of
-    ``G (W ⊙ mask) Gᵀ`` hits ``target`` (within ``tol``; authors' percentage mode).
+    """Step 1 for one layer: the layer threshold τ whose Winograd-domain sparsity of
+    ``G (W ⊙ mask) Gᵀ`` is closest to ``target`` (the authors' percentage mode).
+
+    The τ that zeroes each Winograd entry is known in closed form: weight w is pruned once τ
+    exceeds the smallest importance of a group whose support holds it, and entry (x, y) is zero
+    once every nonzero weight of its support is pruned. Sorting those per-entry thresholds once
+    finds the closest achievable sparsity exactly (``threshold_for_target``) instead of
+    re-evaluating the mask at every bisection step; the achieved sparsity is then measured on
+    ``G (W ⊙ mask) Gᵀ`` itself. ``tol`` / ``max_iter`` are kept for compatibility (unused).
 
     ``prev_mask`` (from an earlier stage) stays pruned. Returns ``(mask, τ, achieved sparsity)``.
     """
     target = check_target(target)
+    r = spatial_weight_check(weight)
+    block = check_block(block)
     w = weight.detach().to(torch.float64)
     if prev_mask is not None:
         w = w * prev_mask.to(w.dtype)
     keep_prev = torch.ones_like(w, dtype=torch.bool) if prev_mask is None else prev_mask.bool()
-
-    def mask_at(tau: float) -> torch.Tensor:
-        return spatial_structured_mask(w, tau, m, points, block) & keep_prev
-
-    def sp(tau: float) -> float:
-        return _q_sparsity(w, mask_at(tau), m, points)
-
-    tau, achieved = bisect_threshold(sp, float(w.abs().max()), target, tol, max_iter)
-    return mask_at(tau), tau, achieved
+    k, c = w.shape[:2]
+    imp = spatial_group_importance(w, m, points, block)  # (Kg, Cg, n, n)
+    taps, readers = _g_rows(m, r, points, imp.device)
+    # τ that prunes each weight: the smallest importance of a group whose support holds it
+    w_tau = group_expand(_separable(imp, readers, "amin"), block, k, c)  # (K, C, r, r)
+    # τ that zeroes each Winograd entry: every nonzero weight of its support pruned
+    e_tau = _separable(torch.where(w != 0, w_tau, -math.inf), taps, "amax")  # (K, C, n, n)
+    tau, _ = threshold_for_target(e_tau, float(w.abs().max()) if w.numel() else 0.0, target)
+    mask = (w_tau >= tau) & keep_prev  # == spatial_structured_mask(w, τ) & keep_prev, without recomputing it
+    return mask, tau, _q_sparsity(w, mask, m, points)
 
 
 def winograd_mask_from_spatial(
@@ -162,9 +188,10 @@ def prune_winograd(
     tol: float = 1e-4,
     max_iter: int = 60,
 ) -> tuple[torch.Tensor, float, float]:
-    """Step 2 (and the Li / Liu baselines) for one layer: binary-search τ on the group score so
-    that the fraction of zeros of ``Q ⊙ mask`` hits ``target``; entries already zero count
-    [code]. Returns ``(mask (K, C, n, n), τ, achieved)``."""
+    """Step 2 (and the Li / Liu baselines) for one layer: the τ on the group score whose fraction
+    of zeros of ``Q ⊙ mask`` is closest to ``target`` (sorted per-entry thresholds, exact; the
+    authors bisect); entries already zero count [code]. ``tol`` / ``max_iter`` are kept for
+    compatibility (unused). Returns ``(mask (K, C, n, n), τ, achieved)``."""
     target = check_target(target)
     if q.dim() != 4 or q.shape[2] != q.shape[3]:
         raise ValueError(f"q must be (K, C, n, n), got {tuple(q.shape)}")
@@ -174,13 +201,9 @@ def prune_winograd(
     keep_prev = torch.ones_like(qd, dtype=torch.bool) if prev_mask is None else prev_mask.bool()
     qd = qd * keep_prev.to(qd.dtype)
     score = winograd_score(qd, importance, block)
-    nz = qd != 0
-
-    def mask_at(tau: float) -> torch.Tensor:
-        return group_expand(score >= tau, block, k, c) & keep_prev
-
-    def sp(tau: float) -> float:
-        return 1.0 - float((mask_at(tau) & nz).sum()) / qd.numel()
-
-    tau, achieved = bisect_threshold(sp, float(score.max()), target, tol, max_iter)
-    return mask_at(tau), tau, achieved
+    # The τ that prunes each entry is its group's score (-inf for entries that are zero already):
+    # one sort finds the closest achievable sparsity (threshold_for_target), no bisection.
+    e_tau = torch.where((qd != 0) & keep_prev, group_expand(score, block, k, c), -math.inf)
+    tau, _ = threshold_for_target(e_tau, float(score.max()) if score.numel() else 0.0, target)
+    mask = group_expand(score >= tau, block, k, c) & keep_prev
+    return mask, tau, 1.0 - float((mask & (qd != 0)).sum()) / qd.numel()

@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .. import dwm
+from .. import _checks, dwm
+from ..modules import SparseWinogradConv2d
 from ..transforms import normalize_points
 from .helpers import (
     check_block,
@@ -38,8 +39,8 @@ from .masks import (
     winograd_mask_from_spatial,
 )
 
-__all__ = ["SpatialPruner", "WinogradPruner", "model_winograd_sparsity", "finalize", "export_masks",
-           "load_pruned_state_dict"]
+__all__ = ["SpatialPruner", "WinogradPruner", "attach_spatial_mask", "model_winograd_sparsity", "finalize",
+           "export_masks", "load_pruned_state_dict"]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -56,7 +57,8 @@ def _select(
     if layers is None:
         chosen = dict(all_layers)
     elif callable(layers):
-        chosen = {n: mod for n, mod in all_layers.items() if layers(n, mod)}
+        keep = _checks.module_filter(layers, "layers")
+        chosen = {n: mod for n, mod in all_layers.items() if keep(mod, n)}
     else:
         names = list(layers)
         missing = [n for n in names if n not in all_layers]
@@ -149,6 +151,37 @@ class _Pruner:
         return model_winograd_sparsity(self.model, self.m, self.points, list(self.layers))
 
 
+def _enforce_spatial_mask(module: nn.Module, args) -> None:
+    """Forward pre-hook of a spatially pruned conv: re-zero the pruned weights before the forward
+    reads them, so the masks hold whatever loop trains the model (a plain ``optimizer.step()``,
+    Lightning, the HF Trainer regrow them; ``pruner.step(opt)`` is then no longer required).
+    Skipped while the weight is unchanged since the last masking (same version counter and
+    storage), so a model run twice before one backward (gradient accumulation, weight sharing)
+    never sees its weight modified in place between the two."""
+    mask, w = getattr(module, "spatial_mask", None), getattr(module, "weight", None)
+    if not isinstance(mask, torch.Tensor) or not isinstance(w, torch.Tensor):
+        return
+    state = (w._version, w.data_ptr())
+    if getattr(module, "_tritonwino_masked", None) == state:
+        return
+    with torch.no_grad():
+        w.mul_(mask.to(w.dtype))
+    module._tritonwino_masked = (w._version, w.data_ptr())
+
+
+# a converted layer has no spatial mask: convert does not carry this hook over
+_enforce_spatial_mask._tritonwino_drop_on_convert = True
+
+
+def attach_spatial_mask(conv: nn.Conv2d) -> None:
+    """Give ``conv`` a ``spatial_mask`` buffer (all kept, unless it has one) and the forward
+    pre-hook that enforces it (once)."""
+    if not hasattr(conv, "spatial_mask"):
+        conv.register_buffer("spatial_mask", torch.ones_like(conv.weight, dtype=torch.bool))
+    if _enforce_spatial_mask not in conv._forward_pre_hooks.values():
+        conv.register_forward_pre_hook(_enforce_spatial_mask)
+
+
 class SpatialPruner(_Pruner):
     """Step 1: spatial structured pruning (``method="structured"``) or the spatial unstructured
     magnitude baseline (``method="magnitude"``; its target is a **spatial** sparsity).
@@ -162,7 +195,7 @@ class SpatialPruner(_Pruner):
             ``r=None``: every eligible kernel size).
         m, points: the Winograd tile the sparsity is measured (and the groups defined) for.
         block: granularity (1, 1) element (paper), (bk, 1) vector, (bk, bc) block.
-        layers: names (or a ``filter(name, module)``) of layers to prune; default all eligible.
+        layers: names (or a ``filter(module, name) -> bool``) of layers to prune; default all eligible.
         keep_dense: ``"first"`` (default: the first eligible conv stays dense) [ours; the authors
             prune layer 0 to a fixed 20%, available through ``overrides``], ``None`` or names.
         overrides: ``{name: target}`` per-layer targets that replace the global one.
@@ -195,8 +228,7 @@ class SpatialPruner(_Pruner):
         if method == "magnitude" and self.block != (1, 1):
             raise ValueError("the spatial magnitude baseline is element-wise; use block=(1, 1)")
         for mod in self.layers.values():
-            if not hasattr(mod, "spatial_mask"):
-                mod.register_buffer("spatial_mask", torch.ones_like(mod.weight, dtype=torch.bool))
+            attach_spatial_mask(mod)
 
     def _eligible(self):
         return eligible_convs(self.model, self.r, kinds=(nn.Conv2d,))
@@ -316,8 +348,8 @@ def _layer_q(mod: nn.Module, m: int, points) -> torch.Tensor:
     if isinstance(mod, WinogradConv2d):
         if mod.m != m and m is not None:
             raise ValueError(f"layer is F({mod.m},{mod.r}) but m={m} was asked for")
-        return mod.q.detach()
-    return conv_winograd_weight(mod, m, points)
+        return mod.masked_q().detach()
+    return conv_winograd_weight(mod, m, points)  # W ⊙ spatial_mask, over its pieces if decomposed
 
 
 def model_winograd_sparsity(
@@ -329,31 +361,35 @@ def model_winograd_sparsity(
 ) -> dict[str, float]:
     """Winograd-domain sparsity per layer and ``"overall"`` (zeros / entries summed over layers).
 
-    Layers: ``layers`` by name, else every eligible 3×3 conv and ``WinogradConv2d``.
-    ``WinogradConv2d`` layers use their own tile (pass ``m=None`` for models with only those).
+    Layers: ``layers`` by name, else every eligible 3×3 conv, ``WinogradConv2d`` and converted
+    ``SparseWinogradConv2d``. The last two use their own tile (pass ``m=None`` for models with
+    only those); a ``WinogradConv2d`` counts ``Q ⊙ mask``, what it computes with.
     ``min_sparsity``: the overall figure only counts layers above it (authors: 0.05) [code].
     """
     model = _unwrap(model)
     mods = dict(model.named_modules())
     if layers is None:
-        layers = list(eligible_convs(model, None, kinds=(nn.Conv2d, WinogradConv2d)))
+        layers = list(eligible_convs(model, None, kinds=(nn.Conv2d, WinogradConv2d, SparseWinogradConv2d)))
     out: dict[str, float] = {}
     zeros = total = 0
     for name in layers:
         if name not in mods:
             raise ValueError(f"no layer named {name!r} in the model")
         mod = mods[name]
-        if isinstance(mod, WinogradConv2d):
-            q = mod.q.detach()  # its own tile and points
+        if isinstance(mod, SparseWinogradConv2d):
+            z, n = mod.winograd_zeros()  # its own tile and points
         else:
-            if m is None:
+            if isinstance(mod, WinogradConv2d):
+                q = mod.masked_q().detach()  # its own tile and points
+            elif m is None:
                 raise ValueError(f"layer {name!r} is an nn.Conv2d; give m to measure its Winograd sparsity")
-            q = _layer_q(mod, m, points)
-        z = int((q == 0).sum())
-        out[name] = z / q.numel()
+            else:
+                q = _layer_q(mod, m, points)
+            z, n = int((q == 0).sum()), q.numel()
+        out[name] = z / n if n else 0.0
         if out[name] > min_sparsity:
             zeros += z
-            total += q.numel()
+            total += n
     out["overall"] = zeros / total if total else 0.0
     return out
 
@@ -450,8 +486,8 @@ def load_pruned_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         if key.endswith(".spatial_mask"):
             name = key[: -len(".spatial_mask")]
             mod = mods.get(name)
-            if isinstance(mod, nn.Conv2d) and not hasattr(mod, "spatial_mask"):
-                mod.register_buffer("spatial_mask", torch.ones_like(val, dtype=torch.bool, device=mod.weight.device))
+            if isinstance(mod, nn.Conv2d):
+                attach_spatial_mask(mod)
         elif key.endswith("._extra_state") and isinstance(val, dict) and {"m", "r", "points"} <= set(val):
             name = key[: -len("._extra_state")]
             mod = mods.get(name)

@@ -13,7 +13,7 @@ from .cache import (
     make_key,
     shape_bucket,
 )
-from .select import autotune, clear_memo, dense_config, sparse_config
+from .select import autotune, clear_memo, dense_config, sparse_config, sparse_path
 from .timer import Timing, do_bench_ms, time_interleaved, time_ms
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "make_key",
     "shape_bucket",
     "sparse_config",
+    "sparse_path",
     "time_interleaved",
     "time_ms",
 ]

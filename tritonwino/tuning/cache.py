@@ -13,6 +13,13 @@ warning and rebuilt on the next write. Writes are atomic (temporary file in the 
 next to the cache and re-reads the file under the lock, so concurrent processes merge their
 entries instead of losing them.
 
+The cache is an optimisation, never a reason to fail: a path that is not a directory, a directory
+that cannot be traversed, a FIFO or other non-regular file at the cache path, JSON nested too deep,
+a file over ``MAX_FILE_BYTES``, a lock held for more than ``LOCK_TIMEOUT_S`` — each is ignored with
+a ``RuntimeWarning`` (results are then kept in memory for this process). Nothing here blocks on a
+FIFO: files are opened non-blocking and must be regular files. Temporary files left by a writer
+that was killed between creating and renaming its temporary file are removed by the next writer.
+
 Keys are strings built by :func:`make_key` from a (shape bucket, dtype, tile, block, sparsity
 signature) description; :func:`shape_bucket` rounds sizes such as the batch size or the tile
 count up to a power of two, so nearby shapes share one tuning result.
@@ -20,11 +27,14 @@ count up to a power of two, so nearby shapes share one tuning result.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +53,10 @@ except ImportError:  # pragma: no cover - Windows
 
 SCHEMA_VERSION = 1
 ENV_VAR = "TRITONWINO_CACHE_DIR"
+# A tuning file holds a few hundred entries (~100 kB); anything far larger is not ours.
+MAX_FILE_BYTES = 64 * 2**20
+# Longest wait for another process's lock (a put takes milliseconds; a hung holder must not hang us).
+LOCK_TIMEOUT_S = 10.0
 
 __all__ = [
     "ENV_VAR",
@@ -200,41 +214,69 @@ class TuningCache:
             return f"written for device {data.get('device')!r}, this is {self.device!r}"
         entries = data.get("entries")
         if not isinstance(entries, dict) or not all(
-            isinstance(v, dict) and all(isinstance(e, dict) and isinstance(e.get("config"), dict)
-                                        for e in v.values())
-            for v in entries.values()
+            isinstance(v, dict) and all(_entry_ok(e) for e in v.values()) for v in entries.values()
         ):
             return "'entries' is malformed"
         return None
 
+    def _warn_once(self, sig: tuple, problem: str) -> None:
+        if sig not in self._warned:
+            self._warned.add(sig)
+            warnings.warn(
+                f"tritonwino: ignoring tuning cache {self.path}: {problem}. "
+                "It will be rebuilt on the next write.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def _read_text(self) -> str:
+        """The file's text, opened without blocking (a FIFO at the path must not hang us) and only
+        if it is a regular file of sane size (OSError otherwise)."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            if st.st_size > MAX_FILE_BYTES:
+                raise OSError(errno.EFBIG, f"{st.st_size} bytes, more than {MAX_FILE_BYTES}")
+            with os.fdopen(fd, "rb") as f:
+                fd = -1
+                return f.read(MAX_FILE_BYTES + 1).decode("utf-8")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
     def _read(self) -> dict[str, dict[str, dict]]:
         """The entries in the file; {} (with a warning, once per file version) if the file is
-        missing, unreadable, corrupt or foreign."""
+        missing, unreadable, not a regular file, corrupt or foreign."""
         try:
-            st = self.path.stat()
+            st = os.stat(self.path)
         except FileNotFoundError:
+            return {}
+        except OSError as e:  # NotADirectoryError, PermissionError, ELOOP, name too long ...
+            self._parsed = None
+            self._warn_once(("stat", e.errno, str(self.path)), f"cannot be read ({e})")
             return {}
         sig = (st.st_ino, st.st_mtime_ns, st.st_size)
         if self._parsed is not None and self._parsed[0] == sig:
             return self._parsed[1]
         problem = None
         entries: dict = {}
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            problem = f"not valid JSON ({e})"
+        if not stat.S_ISREG(st.st_mode):
+            problem = "not a regular file"
         else:
-            problem = self._validate(data)
-            if problem is None:
-                entries = data["entries"]
-        if problem is not None and sig not in self._warned:
-            self._warned.add(sig)
-            warnings.warn(
-                f"tritonwino: ignoring tuning cache {self.path}: {problem}. "
-                "It will be rebuilt on the next write.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            try:
+                data = json.loads(self._read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+                problem = f"not valid JSON ({e})"
+            except RecursionError:
+                problem = "not valid JSON (nested too deeply)"
+            else:
+                problem = self._validate(data)
+                if problem is None:
+                    entries = data["entries"]
+        if problem is not None:
+            self._warn_once(sig, problem)
         self._parsed = (sig, entries)
         return entries
 
@@ -273,13 +315,47 @@ class TuningCache:
                 self._parsed = None
                 yield
                 return
-            with open(self.lock_path, "a+") as lock_file:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            # O_RDWR | O_NONBLOCK: opening a FIFO planted at the lock path must not block either.
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, f"lock file {self.lock_path} is not a regular file")
+                deadline = time.monotonic() + LOCK_TIMEOUT_S
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise OSError(errno.ETIMEDOUT, f"lock {self.lock_path} held by another process "
+                                          f"for more than {LOCK_TIMEOUT_S:g} s") from None
+                        time.sleep(0.01)
                 self._parsed = None  # always re-read under the lock
                 try:
+                    self._remove_orphans()
                     yield
                 finally:
-                    fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def _temp_prefix(self) -> str:
+        return f".{self.path.name}."
+
+    def _remove_orphans(self) -> None:
+        """Delete temporary files of writers killed before their rename. Called under the lock, and
+        writers only create temporaries under it, so every one found here is an orphan."""
+        prefix = self._temp_prefix()
+        try:
+            names = os.listdir(self.path.parent)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                try:
+                    os.unlink(self.path.parent / name)
+                except OSError:
+                    pass
 
     def _write(self, entries: dict[str, dict[str, dict]]) -> None:
         data = {
@@ -290,7 +366,7 @@ class TuningCache:
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "entries": entries,
         }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self._temp_prefix(), suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(data, f, indent=1, sort_keys=True)
@@ -325,7 +401,7 @@ class TuningCache:
                 entries = {k: dict(v) for k, v in self._read().items()}
                 entries.setdefault(kernel, {})[nkey] = entry
                 self._write(entries)
-        except OSError as e:
+        except (OSError, RecursionError) as e:
             warnings.warn(f"tritonwino: could not write tuning cache {self.path}: {e}; "
                           "keeping the result in memory for this process only.", RuntimeWarning,
                           stacklevel=2)
@@ -339,15 +415,27 @@ class TuningCache:
             self._memory.clear()
         else:
             self._memory.pop(kernel, None)
-        if not self.path.exists() and not self.path.parent.exists():
-            return
-        with self._locked():
-            entries = {k: dict(v) for k, v in self._read().items()}
-            if kernel is None:
-                entries = {}
-            else:
-                entries.pop(kernel, None)
-            self._write(entries)
+        try:
+            if not os.path.lexists(self.path) and not os.path.isdir(self.path.parent):
+                return
+            with self._locked():
+                entries = {k: dict(v) for k, v in self._read().items()}
+                if kernel is None:
+                    entries = {}
+                else:
+                    entries.pop(kernel, None)
+                self._write(entries)
+        except OSError as e:
+            warnings.warn(f"tritonwino: could not clear tuning cache {self.path}: {e}", RuntimeWarning,
+                          stacklevel=2)
+
+
+def _entry_ok(e: object) -> bool:
+    if not isinstance(e, dict) or not isinstance(e.get("config"), dict):
+        return False
+    timings = e.get("timings", {})
+    return isinstance(timings, dict) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in timings.values())
 
 
 _CACHES: dict[Path, TuningCache] = {}
@@ -356,7 +444,11 @@ _CACHES: dict[Path, TuningCache] = {}
 def get_cache() -> TuningCache:
     """The process-wide cache for this device and Triton version (re-resolved on every call, so
     a changed ``$TRITONWINO_CACHE_DIR`` takes effect)."""
-    path = cache_path()
+    try:
+        path = cache_path()
+    except (RuntimeError, KeyError, OSError) as e:  # no home directory to be found
+        path = Path(tempfile.gettempdir()) / "tritonwino" / "tune-unknown.json"
+        warnings.warn(f"tritonwino: no tuning cache directory ({e}); using {path}", RuntimeWarning, stacklevel=2)
     cache = _CACHES.get(path)
     if cache is None:
         cache = _CACHES[path] = TuningCache(path)

@@ -1,5 +1,9 @@
-"""Stage 3: Y = Aᵀ M A per tile, plus bias and an optional fused ReLU, written NCHW or
-channels_last (any output strides).
+"""The Winograd AdderNet's last stage: Y = Aᵀ M A per tile, plus bias and an optional ReLU,
+written NCHW or channels_last (any output strides).
+
+The convolution path fuses its output transform into the multiply (``fused_multiply``); the adder's
+Winograd-domain stage is a sum of |V − U| rather than a dot product, so it keeps M (P, K, T) in
+memory and this separate kron-matrix kernel transforms it.
 
 Each program takes BLOCK_T tiles of one output channel, gathers their P Winograd-domain values
 from M (P, K, T) and multiplies by KA = kron(Aᵀ, Aᵀ)ᵀ with one fp32 `tl.dot`; masks drop the
@@ -14,8 +18,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import TL_NAME, check_triton_device, next_pow2, transform_launch
+from ._common import TL_NAME, check_triton_device, interpreting, next_pow2
 from .registry import CompileSpec
+
+
+def transform_launch(nn: int, t_total: int) -> tuple[int, int]:
+    """(BLOCK_T, num_warps): with 64-wide tiles (n*n or m*m padded to 64) 32 tiles per program fit
+    in registers, smaller ones take 64 (compile-check verifies both on sm_80 and sm_90)."""
+    if interpreting():
+        return min(1024, next_pow2(t_total)), 4
+    return (32, 4) if nn >= 64 else (64, 4)
 
 
 @triton.jit
@@ -81,7 +93,7 @@ def output_transform(
     assert pp == next_pow2(p) and mmx == next_pow2(m * m)
     if t_total == 0 or k == 0:
         return y
-    block_t, num_warps = transform_launch(max(pp, mmx), t_total, wide_warps=4)
+    block_t, num_warps = transform_launch(max(pp, mmx), t_total)
     grid = (triton.cdiv(t_total, block_t), k)
     _output_transform_kernel[grid](
         mm, ka, bias if bias is not None else mm, y,
@@ -95,8 +107,8 @@ def output_transform(
 
 def compile_specs() -> list[CompileSpec]:
     specs = []
-    # F(m, 3), and F(m, 2): the pieces of 3x3 stride-2 convolutions (tritonwino.dwm)
-    for (m, n) in ((2, 4), (4, 6), (6, 8), (2, 3), (4, 5), (6, 7)):
+    # the adder's tiles: F(2,3) (balanced or standard matrices) and F(4,3) (standard)
+    for (m, n) in ((2, 4), (4, 6)):
         for out_dt in (torch.float32, torch.float16, torch.bfloat16):
             for has_bias, relu in ((True, False), (False, True)):
                 sig = {
@@ -107,9 +119,9 @@ def compile_specs() -> list[CompileSpec]:
                     **{a: "constexpr" for a in ("P", "M_TILE", "PP", "MM", "HAS_BIAS", "RELU", "BLOCK_T")},
                 }
                 pp, mmx = next_pow2(n * n), next_pow2(m * m)
-                block_t, num_warps = transform_launch(max(pp, mmx), 1 << 20, wide_warps=4)
+                block_t, num_warps = transform_launch(max(pp, mmx), 1 << 20)
                 specs.append(CompileSpec(
-                    kernel="output_transform", fn=_output_transform_kernel, signature=sig,
+                    kernel="adder_output_transform", fn=_output_transform_kernel, signature=sig,
                     constexprs={"P": n * n, "M_TILE": m, "PP": pp, "MM": mmx,
                                 "HAS_BIAS": has_bias, "RELU": relu, "BLOCK_T": block_t},
                     num_warps=num_warps, num_stages=1,
