@@ -144,3 +144,15 @@ def test_generated_source_is_printable_and_constant_folded():
     assert fused.count("tl.dot(") == 36 and "* 8.0" in fused
     with pytest.raises(ValueError, match="kind"):
         kernel_source(spec, "nope")
+
+
+def test_decomposed_input_transform_source_is_the_same_transform():
+    """The DWM variant (per-piece offsets, stride, expanded extent) differs only in addressing and
+    masks: the same constant-folded statements, and the plain kernel knows nothing of pieces."""
+    spec = _spec(4, 2, None)
+    plain, dec = kernel_source(spec, "input"), kernel_source(spec, "input", decomposed=True)
+    assert "off_ptr" not in plain and "STRIDE" not in plain and "HX" not in plain
+    assert "off_ptr, C, C_IN, H, W, HX, WX" in dec and "c_in = c % C_IN" in dec
+    body = [ln for ln in plain.splitlines() if ln.startswith(("    u_", "    v_", "    r", "    c"))
+            and " = " in ln and "tl." not in ln]
+    assert body and all(ln in dec.splitlines() for ln in body)

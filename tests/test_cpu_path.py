@@ -342,3 +342,33 @@ def test_other_tiles_and_kernel_sizes(m, r, w):
     oracle = F.conv2d(x.double(), wt.double(), padding=pad)
     err, err_torch = (y.double() - oracle).abs().max(), (y_torch.double() - oracle).abs().max()
     assert err <= 2 * err_torch + torch.finfo(torch.float32).eps * oracle.abs().max()
+
+
+# ---- decomposed and Winograd-ReLU calls: no C++ variant, the torch path runs them ----------------
+@pytest.mark.parametrize("k,s,wrelu", [(3, 2, False), (7, 2, False), (5, 1, False), (3, 1, True), (3, 2, True)])
+def test_decomposed_and_winograd_relu_calls_run_the_torch_path_on_cpu(k, s, wrelu):
+    from tritonwino import dispatch, dwm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 13, 11)
+    w = torch.randn(8, 5, k, k) / (5 * k * k) ** 0.5
+    b = torch.randn(8)
+    p = k // 2
+    assert not ops.cpu_runs(wrelu, dwm.plan(k, s) is not None)
+    y_cpu = winograd_conv2d(x, w, b, p, 4, backend="cpu", stride=s, winograd_relu=wrelu)
+    y_torch = winograd_conv2d(x, w, b, p, 4, backend="torch", stride=s, winograd_relu=wrelu)
+    torch.testing.assert_close(y_cpu, y_torch, rtol=0, atol=0)  # the same path, hence the same bits
+    if not wrelu:
+        oracle = F.conv2d(x.double(), w.double(), b.double(), stride=s, padding=p)
+        assert_close_rule(y_cpu, y_torch, oracle, 4)
+    conv = torch.nn.Conv2d(5, 8, k, stride=s, padding=p)
+    packed = SparseWinogradConv2d.from_conv2d(conv, m=4).packed
+
+    def layer(backend):
+        return SparseWinogradConv2d(packed, conv.bias, p, backend, winograd_relu=wrelu)
+
+    with torch.no_grad():
+        torch.testing.assert_close(layer("cpu")(x), layer("torch")(x), rtol=0, atol=0)
+    assert dispatch.layer_backend(layer("auto"), x) == "torch"
+    plain = SparseWinogradConv2d.from_conv2d(torch.nn.Conv2d(5, 8, 3, padding=1), m=4, backend="auto")
+    assert dispatch.layer_backend(plain, x) == "cpu"

@@ -11,7 +11,9 @@ H, W) the layer runs one of three paths:
 
 On a CUDA tensor the Winograd paths are the Triton kernels; on CPU the fused C++ kernels
 (``tritonwino._cpu_path``, backend ``"cpu"``) for float32 and the torch paths otherwise (the Triton
-interpreter is never a candidate: it is a test tool, not an execution path). The backend is part
+interpreter is never a candidate: it is a test tool, not an execution path); decomposed and
+Winograd-ReLU layers take the torch paths on CPU, which the C++ kernels do not implement
+(:func:`layer_backend`). The backend is part
 of the cache key, so times measured for one backend never decide for another. Times are taken once —
 on the first forward of a new bucket or by ``tritonwino.modules.tune_model`` — and stored in the persistent
 tuning cache (``tritonwino.tuning``, kernel name ``"dispatch"``), so another process with the same
@@ -38,6 +40,7 @@ __all__ = [
     "Decision",
     "candidates",
     "decide",
+    "layer_backend",
     "measuring",
     "set_measure_on_first_use",
     "shape_key",
@@ -101,12 +104,22 @@ def winograd_backend(x: torch.Tensor) -> str:
     return "cpu" if _cpu_path.runs(x) else "torch"
 
 
+def layer_backend(layer, x: torch.Tensor) -> str:
+    """:func:`winograd_backend` for this layer: the C++ CPU kernels run plain F(m, r) convolutions
+    only, so a decomposed (``tritonwino.dwm``) or Winograd-ReLU layer takes the torch path on CPU
+    (the op would route it there anyway; saying so here keeps decisions and cache keys honest)."""
+    be = winograd_backend(x)
+    if be == "cpu" and (getattr(layer, "decomposition", None) is not None or getattr(layer, "winograd_relu", False)):
+        return "torch"
+    return be
+
+
 def candidates(layer, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
     """The runnable paths for ``layer`` on ``x``: name -> zero-argument callable."""
     out: dict[str, Callable[[], torch.Tensor]] = {}
     if layer.spatial_weight() is not None:
         out["conv2d"] = lambda: layer.run_path(x, "conv2d", "torch")
-    be = winograd_backend(x)
+    be = layer_backend(layer, x)
     out["dense"] = lambda: layer.run_path(x, "dense", be)
     out["sparse"] = lambda: layer.run_path(x, "sparse", be)
     return out
@@ -132,7 +145,7 @@ def _cache_key(layer, x: torch.Tensor) -> str:
     extra = {} if p.decomposition is None else {"dwm": p.decomposition}
     if getattr(layer, "winograd_relu", False):
         extra["wrelu"] = 1
-    return tuning.make_key(dev=dev, be=winograd_backend(x), dtype=dtype, n=nb, hw=(h, w), cl=cl, ck=(p.C, p.K),
+    return tuning.make_key(dev=dev, be=layer_backend(layer, x), dtype=dtype, n=nb, hw=(h, w), cl=cl, ck=(p.C, p.K),
                            tile=(p.m, p.r), pad=layer.padding, sig=p.sparsity_signature,
                            exact=layer.spatial_weight() is not None, pts=",".join(p.points), **extra)
 
@@ -141,7 +154,7 @@ def decide(layer, x: torch.Tensor) -> Decision:
     """Decision for ``layer`` (a SparseWinogradConv2d with backend="auto") on input ``x``: from
     the tuning cache, else measured (first use), else the static rule. May sync; called once per
     bucket, never in the steady state."""
-    be = winograd_backend(x)
+    be = layer_backend(layer, x)
     exact = layer.spatial_weight() is not None
     if not (_MEASURE_ON_FIRST_USE or _FORCE_MEASURE):
         if exact:

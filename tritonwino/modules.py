@@ -363,7 +363,7 @@ class SparseWinogradConv2d(torch.nn.Module):
         if d is None:
             if torch.compiler.is_compiling():
                 # Never measure while tracing; a layer not run eagerly first gets the sparse path.
-                return "sparse", dispatch.winograd_backend(x)
+                return "sparse", dispatch.layer_backend(self, x)
             d = dispatch.decide(self, x)
             d.kernels = self._kernels_for(x, d.path, d.backend)
             self._choices[key] = d
