@@ -237,9 +237,10 @@ class SparseWinogradConv2d(torch.nn.Module):
         if "_token" not in state:  # pickled by tritonwino 0.1: persistent arrays, no spatial weight
             self._non_persistent_buffers_set.update(_ARRAYS)
             self.kernel_size, self.stride, self.dilation, self.groups = (self.r, self.r), (1, 1), (1, 1), 1
-            self.decomposition, self.winograd_relu, self._channels = None, False, self.in_channels
             self.padding_mode, self.transposed, self.output_padding = "zeros", False, (0, 0)
             self._source, self._exact, self._w_spatial, self._token = False, None, None, "consistent"
+        if "decomposition" not in state:  # pickled before the decomposable Winograd method / Winograd-ReLU
+            self.decomposition, self.winograd_relu, self._channels = None, False, self.in_channels
         # a copy (deepcopy, pickle) has new tensors: consistent before, consistent now
         if self._token == "consistent":
             self._token = array_token(*self._arrays())
