@@ -140,7 +140,9 @@ def adder_conv(
     return y
 
 
-def compile_specs() -> list[CompileSpec]:
+def compile_specs(tiles=()) -> list[CompileSpec]:
+    """Every config this module ships (``tiles``, the convolution tiles, do not apply: the adder has
+    its own)."""
     specs = []
     cfg = GPU_CONFIG
     for dt in (torch.float32, torch.float16, torch.bfloat16):

@@ -105,7 +105,9 @@ def output_transform(
     return y
 
 
-def compile_specs() -> list[CompileSpec]:
+def compile_specs(tiles=()) -> list[CompileSpec]:
+    """Every config this module ships (``tiles``, the convolution tiles, do not apply: the adder has
+    its own)."""
     specs = []
     # the adder's tiles: F(2,3) (balanced or standard matrices) and F(4,3) (standard)
     for (m, n) in ((2, 4), (4, 6)):

@@ -106,7 +106,9 @@ def winograd_adder_domain(
     return mm
 
 
-def compile_specs() -> list[CompileSpec]:
+def compile_specs(tiles=()) -> list[CompileSpec]:
+    """Every config this module ships (``tiles``, the convolution tiles, do not apply: the adder has
+    its own)."""
     cfg = GPU_CONFIG
     specs = []
     for dt in (torch.float32, torch.float16, torch.bfloat16):

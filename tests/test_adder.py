@@ -521,3 +521,12 @@ def test_core_does_not_import_adder():
     code = "import sys, tritonwino.sparse_conv; print('tritonwino.adder' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cpu_backend_is_refused_with_the_alternative():
+    """backend='cpu' names the convolution's C++ kernels, which the adder layers do not have."""
+    x, wt, b = make(1, 3, 4, 6, 6, 3, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="no C\\+\\+ CPU kernel"):
+        adder_conv2d(x, wt, b, 1, backend="cpu")
+    with pytest.raises(ValueError, match="no C\\+\\+ CPU kernel"):
+        winograd_adder_conv2d(x, wt, b, 1, backend="cpu")

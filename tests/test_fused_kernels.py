@@ -133,7 +133,7 @@ def test_winograd_relu_matches_the_formula(path, dtype, device):
     packed = pack_winograd_weight(q, (16, 1)).to(device)
     nb, _, h, w = x.shape
     ho, wo = _checks.output_size(h, w, r, pad)
-    q_pck = q.permute(2, 3, 0, 1).reshape((m + 2) ** 2, 16, 12)
+    q_pck = q.permute(2, 3, 1, 0).reshape((m + 2) ** 2, 12, 16)  # (P, C, K)
 
     def formula(xx, opd):
         v = torch.relu(reference.input_transform(xx, m, r, pad)).to(opd).to(xx.dtype)
@@ -195,7 +195,7 @@ def test_explain_names_the_kernels(monkeypatch):
 
     gen = torch.Generator().manual_seed(9)
     q = _q(16, 16, 4, 3, gen, keep=0.5)
-    layer = SparseWinogradConv2d(pack_winograd_weight(q, (16, 1)), None, 1, backend="auto")
+    layer = SparseWinogradConv2d(pack_winograd_weight(q.float(), (16, 1)), None, 1, backend="auto")
     model = torch.nn.Sequential(layer)
     monkeypatch.setattr(dispatch, "winograd_backend", lambda x: "triton")  # the interpreter stands in for a GPU
     with torch.no_grad():

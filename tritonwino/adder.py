@@ -163,9 +163,12 @@ def _resolve_backend(backend: str, x: torch.Tensor, p: float, *params: torch.Ten
     # The library's policy (functional.resolve_backend: the kernels have no backward, so "auto"
     # trains on the torch path and "triton" refuses to), plus what only the kernels lack here:
     # p != 1 and float64.
+    if backend == "cpu":
+        raise ValueError("the adder layers have no C++ CPU kernel (backend='cpu' is the convolution's): use "
+                         "backend='torch' or 'auto'")
     be = resolve_backend(backend, x, *params)
-    if backend == "auto" and p != 1.0:
-        return "torch"
+    if be == "cpu" or (backend == "auto" and p != 1.0):
+        return "torch"  # "auto" on a CPU tensor: the adder's CPU route is the torch path
     if be == "triton":
         if p != 1.0:
             raise ValueError(f"backend='triton' computes the ℓ1 layer only (p=1), got p={p}; the ℓ2→ℓ1 "
