@@ -270,3 +270,12 @@ def test_decomposed_layers_never_take_the_one_kernel_path(monkeypatch):
         call.run("one-kernel")
     with pytest.raises(ValueError, match="two-kernel"):
         _triton_path.sparse_winograd_conv2d(x, packed, None, (1, 1), path="one-kernel")
+
+
+def test_points_for_the_single_tile_ask_for_decompose_false():
+    x, w = torch.randn(1, 2, 9, 9), torch.randn(3, 2, 5, 5)
+    pts = [0, 1, -1, 2, -2]  # F(2,5): n - 1 = 5 points; the default runs F(2,3) pieces
+    with pytest.raises(ValueError, match="decompose=False"):
+        winograd_conv2d(x, w, None, 2, 2, backend="torch", points=pts)
+    y = winograd_conv2d(x, w, None, 2, 2, backend="torch", points=pts, decompose=False)
+    torch.testing.assert_close(y, F.conv2d(x, w, padding=2), rtol=1e-4, atol=1e-4)

@@ -444,6 +444,8 @@ def winograd_adder_conv2d(
     """
     pad, p = _check_common(x, weight, bias, padding, backend, p)
     k, c, r = _checks.check_weight(weight)
+    if r % 2 == 0:  # check_weight takes even kernels (the convolution decomposes them); the adder does not
+        raise ValueError(f"kernel size {r}x{r} is not supported: the Winograd adder needs an odd kernel")
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise ValueError(f"m must be a positive int, got {m!r}")
     _check_kind(matrices, m, r)

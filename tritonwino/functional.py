@@ -131,7 +131,13 @@ def winograd_conv2d(
     pad = _checks.check_padding(padding)
     d = dwm.plan(ks, s, decompose)
     r = ks if d is None else d.r
-    pts = normalize_points(m, r, points)
+    try:
+        pts = normalize_points(m, r, points)
+    except ValueError as e:
+        if d is None or points is None or isinstance(points, str):
+            raise
+        raise ValueError(f"{e}. This {ks}x{ks} stride-{s} kernel runs decomposed into F({m},{r}) pieces "
+                         f"(tritonwino.dwm); points for a single F({m},{ks}) tile need decompose=False") from None
     be = resolve_backend(backend, x, weight, bias)
     if _needs_grad(x, weight, bias):
         return reference.winograd_conv2d(x, weight, bias, pad, m, pts, relu, winograd_relu=winograd_relu,

@@ -385,7 +385,7 @@ class SparseWinogradConv2d(torch.nn.Module):
 
         packed = self.packed
         call = _triton_path.SparseCall(x, packed, packed.values_as(_checks.operand_dtype(x.dtype)), None,
-                                       self.padding)
+                                       self.padding, winograd_relu=self.winograd_relu)
         return select.sparse_path(call).describe()
 
     def _drop_unused_forms(self) -> None:

@@ -225,8 +225,10 @@ def _call(p: dict, b: _Built, backend: str) -> torch.Tensor:
 
     with torch.no_grad():
         if p["kind"] == "dense":
+            # decompose=False: the case is the single F(m, r) tile it was generated for (stride 1, odd r),
+            # with its points, not the decomposable Winograd method's pieces (tests/test_dwm.py covers those)
             return functional.winograd_conv2d(b.x, b.weight, b.bias, p["pad"], p["m"], backend, points=b.points,
-                                              relu=p["relu"])
+                                              relu=p["relu"], decompose=False)
         if p["kind"] == "dense_pck":
             return functional.winograd_conv2d_pck(b.x, b.q_pck, b.bias, p["pad"], p["m"], p["r"], b.points, backend,
                                                   relu=p["relu"])
@@ -271,8 +273,10 @@ def _call_with(p: dict, b: _Built, **over) -> Any:
     args.update(over)
     with torch.no_grad():
         if p["kind"] == "dense":
+            # decompose=False as in _call: a stride-2 or even-kernel defect then stays an error
             return functional.winograd_conv2d(args["x"], args["weight"], args["bias"], args["padding"], args["m"],
-                                              args["backend"], points=args["points"], **args["extra"])
+                                              args["backend"], points=args["points"],
+                                              **{"decompose": False, **args["extra"]})
         if p["kind"] == "dense_pck":
             return functional.winograd_conv2d_pck(args["x"], args["q_pck"], args["bias"], args["padding"], args["m"],
                                                   args["r"], args["points"], args["backend"])
