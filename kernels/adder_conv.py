@@ -78,7 +78,10 @@ def _adder_conv_kernel(
 
 @dataclass(frozen=True)
 class AdderConfig:
-    block_p: int
+    """Launch config of both adder kernels: ``block_rows`` output pixels (adder_conv) or tiles
+    (winograd_adder) × ``block_k`` filters, reducing ``block_c`` channels at a time."""
+
+    block_rows: int
     block_k: int
     block_c: int
     num_warps: int = 4
@@ -86,17 +89,17 @@ class AdderConfig:
 
     @property
     def label(self) -> str:
-        return f"P{self.block_p} K{self.block_k} C{self.block_c} w{self.num_warps} s{self.num_stages}"
+        return f"R{self.block_rows} K{self.block_k} C{self.block_c} w{self.num_warps} s{self.num_stages}"
 
 
-# The broadcast block (BLOCK_P·BLOCK_C·BLOCK_K fp32 values) lives in registers: kept at 8K values
-# per 128 threads so nothing spills (compile-check verifies sm_80 and sm_90).
+# The broadcast block (rows·BLOCK_C·BLOCK_K fp32 values) lives in registers: kept at 8K values per
+# 128 threads so nothing spills (compile-check verifies both kernels on sm_80 and sm_90).
 GPU_CONFIG = AdderConfig(64, 32, 4, 4, 2)
 
 
-def interpreter_config(pix: int, k: int, c: int) -> AdderConfig:
+def interpreter_config(rows: int, k: int, c: int) -> AdderConfig:
     """Large blocks: the interpreter pays per program and per loop iteration, not per element."""
-    return AdderConfig(min(256, next_pow2(pix)), min(64, next_pow2(k)), min(16, next_pow2(c, 1)), 4, 1)
+    return AdderConfig(min(256, next_pow2(rows)), min(64, next_pow2(k)), min(16, next_pow2(c, 1)), 4, 1)
 
 
 def adder_conv(
@@ -127,14 +130,14 @@ def adder_conv(
     if pix == 0:
         return y
     cfg = config or (interpreter_config(pix, k, c) if interpreting() else GPU_CONFIG)
-    grid = (triton.cdiv(pix, cfg.block_p), triton.cdiv(k, cfg.block_k))
+    grid = (triton.cdiv(pix, cfg.block_rows), triton.cdiv(k, cfg.block_k))
     _adder_conv_kernel[grid](
         x, weight, bias if bias is not None else weight, y,
         c, h, w, k, ho, wo, pix, padding[0], padding[1],
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         KH=kh, KW=kw, HAS_BIAS=bias is not None,
-        BLOCK_P=cfg.block_p, BLOCK_K=cfg.block_k, BLOCK_C=cfg.block_c,
+        BLOCK_P=cfg.block_rows, BLOCK_K=cfg.block_k, BLOCK_C=cfg.block_c,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return y
@@ -158,7 +161,7 @@ def compile_specs(tiles=()) -> list[CompileSpec]:
             specs.append(CompileSpec(
                 kernel="adder_conv", fn=_adder_conv_kernel, signature=sig,
                 constexprs={"KH": kh, "KW": kh, "HAS_BIAS": has_bias,
-                            "BLOCK_P": cfg.block_p, "BLOCK_K": cfg.block_k, "BLOCK_C": cfg.block_c},
+                            "BLOCK_P": cfg.block_rows, "BLOCK_K": cfg.block_k, "BLOCK_C": cfg.block_c},
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                 label=f"{kh}x{kh} {cfg.label} {TL_NAME[dt]}{' bias' if has_bias else ''}",
             ))

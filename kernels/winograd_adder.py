@@ -10,13 +10,12 @@ channels load 0 on both sides and add nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
-from ._common import TL_NAME, check_triton_device, interpreting, next_pow2
+from ._common import TL_NAME, check_triton_device, interpreting
+from .adder_conv import GPU_CONFIG, AdderConfig, interpreter_config
 from .registry import CompileSpec
 
 
@@ -55,31 +54,8 @@ def _winograd_adder_kernel(
     tl.store(out, -acc, mask=t_mask[:, None] & k_mask[None, :])
 
 
-@dataclass(frozen=True)
-class AdderDomainConfig:
-    block_t: int
-    block_k: int
-    block_c: int
-    num_warps: int = 4
-    num_stages: int = 2
-
-    @property
-    def label(self) -> str:
-        return f"T{self.block_t} K{self.block_k} C{self.block_c} w{self.num_warps} s{self.num_stages}"
-
-
-# The broadcast block (BLOCK_T·BLOCK_C·BLOCK_K fp32 values) lives in registers; compile-check
-# verifies that this config does not spill on sm_80 and sm_90.
-GPU_CONFIG = AdderDomainConfig(64, 32, 4, 4, 2)
-
-
-def interpreter_config(t_total: int, k: int, c: int) -> AdderDomainConfig:
-    """Large blocks: the interpreter pays per program and per loop iteration, not per element."""
-    return AdderDomainConfig(min(256, next_pow2(t_total)), min(64, next_pow2(k)), min(16, next_pow2(c, 1)), 4, 1)
-
-
 def winograd_adder_domain(
-    v: torch.Tensor, u: torch.Tensor, config: AdderDomainConfig | None = None
+    v: torch.Tensor, u: torch.Tensor, config: AdderConfig | None = None
 ) -> torch.Tensor:
     """M (P, K, T) fp32 = ``-Σ_c |U_p[c, k] - V_p[c, t]|`` for V (P, C, T) and U (P, C, K) of one dtype."""
     check_triton_device(v, u)
@@ -97,10 +73,10 @@ def winograd_adder_domain(
     if c == 0:
         return mm.zero_()
     cfg = config or (interpreter_config(t_total, k, c) if interpreting() else GPU_CONFIG)
-    grid = (triton.cdiv(t_total, cfg.block_t), triton.cdiv(k, cfg.block_k), p)
+    grid = (triton.cdiv(t_total, cfg.block_rows), triton.cdiv(k, cfg.block_k), p)
     _winograd_adder_kernel[grid](
         v, u, mm, c, k, t_total,
-        BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k, BLOCK_C=cfg.block_c,
+        BLOCK_T=cfg.block_rows, BLOCK_K=cfg.block_k, BLOCK_C=cfg.block_c,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return mm
@@ -117,7 +93,7 @@ def compile_specs(tiles=()) -> list[CompileSpec]:
                **{a: "constexpr" for a in ("BLOCK_T", "BLOCK_K", "BLOCK_C")}}
         specs.append(CompileSpec(
             kernel="winograd_adder", fn=_winograd_adder_kernel, signature=sig,
-            constexprs={"BLOCK_T": cfg.block_t, "BLOCK_K": cfg.block_k, "BLOCK_C": cfg.block_c},
+            constexprs={"BLOCK_T": cfg.block_rows, "BLOCK_K": cfg.block_k, "BLOCK_C": cfg.block_c},
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             label=f"{cfg.label} {TL_NAME[dt]}",
         ))
