@@ -1,10 +1,25 @@
-"""Accuracy of each tile, dtype, point set and path against float64 F.conv2d.
+"""Winograd accuracy as a ratio to a direct convolution's error, per tile, dtype, point set, path and
+summation order.
 
-Writes bench/results/accuracy.{csv,json,md} (or --out DIR). Error metrics per configuration, over
---trials random layers (inputs and weights standard normal, weights scaled by 1/sqrt(C·r²)):
-max relative error = max|y − y64| / max|y64| and mean relative error = mean|y − y64| / mean|y64|.
-The Triton path runs under the interpreter on CPU (exact IEEE fp32 dot) — on a GPU it runs the real
-kernels; the row says which.
+The measure (tritonwino.points): ``ratio`` = mean|y − y_exact| of the Winograd convolution over
+mean|y − y_exact| of ``F.conv2d`` run in the same dtype on the same rounded inputs. Data: fp32
+uniform[−1, 1] inputs and weights, rounded to the dtype for both convolutions; y_exact = float64
+``F.conv2d`` of the fp32 data, so for fp16/bf16 both errors include the input rounding.
+``ratio_arith`` takes the reference from the rounded inputs instead (the arithmetic error alone;
+a stricter ratio for half types, the same as ``ratio`` in fp32).
+
+Rows: F(2,3), F(4,3), F(6,3), F(8,3) (fp32 only: tiles with n > 8 are refused in half types) ×
+fp32 / fp16 / bf16 × ``points`` standard / accurate × path:
+- ``torch``: the pure-torch path (kron-form transforms) with its channel-blocked accumulation
+  (``channel_block`` 32, ``tritonwino.reference.CHANNEL_BLOCK``) and without it (``none``: one
+  sequential sum over C, what the torch path did before);
+- ``triton``: the Triton kernels (separable generated transforms; under the interpreter on a CPU,
+  exact IEEE fp32 arithmetic) for both summation orders in the transforms (``natural`` and
+  ``magnitude``: smallest |coefficient| first);
+both on the reference layer (N, C, K, H, W) = (1, 64, 64, 24, 24), padding 1, --trials layers.
+Targets (issue 14, accurate points): F(4,3) ≤ 3.0× fp32 and ≤ 4.0× fp16; F(6,3) ≤ 10× in both.
+
+Writes bench/results/accuracy.{csv,json,md,png} (or --out DIR).
 
 Run: python bench/accuracy.py [--out DIR] [--trials N] [--no-triton]
 """
@@ -19,80 +34,154 @@ from pathlib import Path
 if not __import__("torch").cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from fractions import Fraction as Fr  # noqa: E402
-
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
+from tritonwino import _triton_path, reference  # noqa: E402
 from tritonwino.env import environment  # noqa: E402
 from tritonwino.experiments.rows import write_rows  # noqa: E402
-from tritonwino.sparse_conv import winograd_conv2d  # noqa: E402
+from tritonwino.points import DEFAULT_SHAPE, error_ratio  # noqa: E402
 from tritonwino.tables import markdown_table  # noqa: E402
-from tritonwino.transforms import ACCURATE_POINTS, default_points  # noqa: E402
+from tritonwino.transforms import normalize_points  # noqa: E402
 
-# Per tile size n: the library default, the better-conditioned set where one exists, and one
-# alternative rational set for comparison.
-POINT_SETS = {
-    "standard": lambda n: default_points(n),
-    "barabasz": lambda n: ACCURATE_POINTS.get(n),
-    "alternative": lambda n: {4: (0, 1, Fr(-1, 2)), 6: (0, Fr(1, 2), -1, 1, -3),
-                              8: (0, 1, -1, Fr(1, 2), Fr(-1, 2), Fr(3, 2), Fr(-3, 2))}.get(n),
-}
+TILES = (2, 4, 6, 8)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TARGETS = {(4, "float32"): 3.0, (4, "float16"): 4.0, (6, "float32"): 10.0, (6, "float16"): 10.0}
+SEED = 0
 
 
-def measure(m: int, dtype: torch.dtype, points, backend: str, trials: int, device: str, shape) -> dict:
-    gen = torch.Generator().manual_seed(1234)
-    n_, c, k, h, w = shape
-    max_rel, mean_num, mean_den = 0.0, 0.0, 0.0
-    for _ in range(trials):
-        x = torch.randn(n_, c, h, w, generator=gen).to(dtype).to(device)
-        wt = (torch.randn(k, c, 3, 3, generator=gen) / (9 * c) ** 0.5).to(dtype).to(device)
-        y = winograd_conv2d(x, wt, None, 1, m, backend=backend, points=points).double()
-        ref = F.conv2d(x.double(), wt.double(), padding=1)
-        err = (y - ref).abs()
-        max_rel = max(max_rel, float(err.max() / ref.abs().max()))
-        mean_num += float(err.mean())
-        mean_den += float(ref.abs().mean())
-    return {"max_rel_err": max_rel, "mean_rel_err": mean_num / mean_den}
+def usable(m: int, dtype: str) -> bool:
+    return dtype == "float32" or m + 2 <= 8  # tritonwino._checks.check_tile_dtype
+
+
+def measure_all(trials: int, triton: bool) -> list[dict]:
+    rows = []
+    block = reference.CHANNEL_BLOCK
+    runs = [("torch", DEFAULT_SHAPE, "natural", block), ("torch", DEFAULT_SHAPE, "natural", None)]
+    if triton:
+        runs += [("triton", DEFAULT_SHAPE, "natural", None), ("triton", DEFAULT_SHAPE, "magnitude", None)]
+    for m in TILES:
+        for dname, dtype in DTYPES.items():
+            if not usable(m, dname):
+                continue
+            for pname in ("standard", "accurate"):
+                pts = normalize_points(m, 3, pname)
+                same = pname == "accurate" and pts == normalize_points(m, 3, "standard")
+                for path, shape, order, cblock in runs:
+                    backend = "triton" if path == "triton" else "torch"
+                    _triton_path.SUMMATION_ORDER = order
+                    reference.CHANNEL_BLOCK = cblock or 1 << 30
+                    try:
+                        res = error_ratio(m, 3, pts, dtype, backend=backend, seed=SEED, shape=shape, trials=trials)
+                    finally:
+                        _triton_path.SUMMATION_ORDER = "natural"
+                        reference.CHANNEL_BLOCK = block
+                    target = TARGETS.get((m, dname)) if pname == "accurate" else None
+                    rows.append({
+                        "tile": f"F({m},3)", "points": pname, "point_values": " ".join(map(str, pts)),
+                        "accurate_is_standard": same, "dtype": dname, "path": path,
+                        "order": order if backend == "triton" else "",
+                        "channel_block": (cblock or "none") if backend == "torch" else "",
+                        "ratio": round(res["ratio"], 4), "ratio_arith": round(res["ratio_arith"], 4),
+                        "winograd_mae": res["winograd_mae"], "direct_mae": res["direct_mae"],
+                        "target": target if target is not None else "",
+                        "meets_target": "" if target is None else bool(res["ratio"] <= target),
+                        "shape_NCKHW": "x".join(map(str, shape)), "trials": trials, "seed": SEED,
+                    })
+                    r = rows[-1]
+                    print(f"{r['tile']} {pname:8s} {dname:8s} {path:7s} {r['order']:9s} {r['channel_block']!s:5s} "
+                          f"ratio {r['ratio']:8.3f}  arith {r['ratio_arith']:8.3f}", file=sys.stderr, flush=True)
+    return rows
+
+
+def summary_table(rows: list[dict]) -> list[str]:
+    """Ratio per tile × dtype × points × path (torch: blocked channel sums, then one sequential sum;
+    triton: natural order)."""
+    cols = [("torch", "32"), ("torch", "none"), ("triton", "")]
+    cols = [c for c in cols if any(r["path"] == c[0] for r in rows)]
+    names = {("torch", "32"): "torch", ("torch", "none"): "torch, one sum over C", ("triton", ""): "triton"}
+    out = ["| tile | dtype | points | " + " | ".join(names[c] for c in cols) + " | target |",
+           "|---|---|---|" + "---|" * len(cols) + "---|"]
+    for m in TILES:
+        for dname in DTYPES:
+            for pname in ("standard", "accurate"):
+                sel = {(r["path"], str(r["channel_block"])): r for r in rows if r["tile"] == f"F({m},3)"
+                       and r["dtype"] == dname and r["points"] == pname and r["order"] in ("", "natural")}
+                if not sel:
+                    continue
+                cells = [f"{sel[c]['ratio']:.2f}×" if c in sel else "-" for c in cols]
+                tgt = TARGETS.get((m, dname)) if pname == "accurate" else None
+                label = pname + (" (= standard)" if any(r["accurate_is_standard"] for r in sel.values()) else "")
+                cells.append(f"≤ {tgt:g}×" if tgt else "")
+                out.append(f"| F({m},3) | {dname} | {label} | " + " | ".join(cells) + " |")
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
+    for ax, dname in zip(axes, DTYPES, strict=True):
+        labels, series = [], {}
+        for m in TILES:
+            if not usable(m, dname):
+                continue
+            labels.append(f"F({m},3)")
+            for pname in ("standard", "accurate"):
+                for p in ("torch", "triton"):
+                    r = [x for x in rows if x["tile"] == f"F({m},3)" and x["dtype"] == dname and x["points"] == pname
+                         and x["path"] == p and x["order"] in ("", "natural") and x["channel_block"] != "none"]
+                    series.setdefault(f"{pname} / {p}", []).append(r[0]["ratio"] if r else float("nan"))
+        width = 0.8 / max(1, len(series))
+        for i, (name, vals) in enumerate(series.items()):
+            ax.bar([j + i * width for j in range(len(vals))], vals, width, label=name)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels)
+        ax.set_yscale("log")
+        ax.set_title(dname)
+        for (m, dt), t in TARGETS.items():
+            if dt == dname and f"F({m},3)" in labels:
+                j = labels.index(f"F({m},3)")
+                ax.hlines(t, j - 0.1, j + 0.9, colors="k", linestyles="dashed")
+        ax.axhline(1.0, color="grey", lw=0.5)
+    axes[0].set_ylabel("mean abs error / direct conv's (log)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Winograd error as a multiple of a direct convolution's (dashed: issue-14 targets, accurate points)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--no-triton", action="store_true", help="only the torch path")
     args = ap.parse_args(argv)
+    torch.set_num_threads(1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     env = environment(device)
-    shape = (2, 32, 32, 16, 16)
-    rows = []
-    backends = ["torch"] + ([] if args.no_triton else ["triton"])
-    for m in (2, 4, 6):
-        n = m + 2
-        for pname, pfn in POINT_SETS.items():
-            pts = pfn(n)
-            if pts is None:
-                continue
-            for dtype in (torch.float32, torch.float16, torch.bfloat16):
-                for backend in backends:
-                    res = measure(m, dtype, pts, backend, args.trials, device, shape)
-                    rows.append({
-                        "tile": f"F({m},3)", "points": pname, "point_values": " ".join(map(str, pts)),
-                        "dtype": str(dtype).split(".")[1], "path": backend, **res,
-                        "shape_NCKHW": "x".join(map(str, shape)), "trials": args.trials,
-                        "triton_mode": ("interpreter" if env["triton_interpret"] else "gpu")
-                        if backend == "triton" else "",
-                        **env,
-                    })
-                    print(f"{rows[-1]['tile']} {pname:8s} {rows[-1]['dtype']:8s} {backend:6s} "
-                          f"max {res['max_rel_err']:.2e} mean {res['mean_rel_err']:.2e}", file=sys.stderr)
-    csv_path, _ = write_rows(rows, args.out, "accuracy")
-    md = ["# Winograd accuracy vs float64 F.conv2d\n",
-          f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}; {env['timestamp']}.",
-          f"Layer {shape} (N, C, K, H, W), 3x3, padding 1, {args.trials} random trials; relative errors.\n",
-          markdown_table(rows, ["tile", "points", "dtype", "path", "max_rel_err", "mean_rel_err"])]
-    (Path(args.out) / "accuracy.md").write_text("\n".join(md))
-    print(f"wrote {csv_path} and accuracy.md")
+    rows = [{**r, **env, "triton_mode": ("interpreter" if env["triton_interpret"] else "gpu")
+             if r["path"] == "triton" else ""} for r in measure_all(args.trials, not args.no_triton)]
+    out = Path(args.out)
+    csv_path, _ = write_rows(rows, out, "accuracy")
+    md = ["# Winograd accuracy: error as a multiple of a direct convolution's\n",
+          f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']} "
+          f"({'interpreter' if env['triton_interpret'] else 'GPU'}), tritonwino {env['tritonwino']}; "
+          f"{env['timestamp']}. Script: `bench/accuracy.py` (trials {args.trials}, seed {SEED}).\n",
+          "ratio = mean|y − y_exact| of the Winograd path / mean|y − y_exact| of F.conv2d in the same dtype on "
+          "the same rounded inputs; fp32 uniform[−1, 1] data, y_exact = float64 conv of the fp32 data. "
+          "ratio_arith: the reference from the rounded inputs (arithmetic error only). Layer "
+          f"{DEFAULT_SHAPE} (N, C, K, H, W), 3×3, padding 1.\n",
+          "## Summary\n", *summary_table(rows), "",
+          "## All rows\n",
+          markdown_table(rows, ["tile", "points", "point_values", "dtype", "path", "order", "channel_block", "ratio",
+                                "ratio_arith",
+                                "target", "meets_target", "shape_NCKHW"])]
+    (out / "accuracy.md").write_text("\n".join(md) + "\n")
+    plot(rows, out / "accuracy.png")
+    print(f"wrote {csv_path}, accuracy.json, accuracy.md, accuracy.png")
     return 0
 
 

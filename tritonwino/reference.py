@@ -4,7 +4,8 @@ The three stages are written with torch ops that need no n×n-per-tile unfold te
 
 * input transform — a depthwise ``conv2d`` with stride m whose P = n² filters are the rows of
   ``kron(Bᵀ, Bᵀ)``: padding, tiling and ``Bᵀ X B`` in one call;
-* Winograd-domain multiply — one batched matmul over the P positions;
+* Winograd-domain multiply — batched matmuls over the P positions, summed over the channels in
+  blocks of ``CHANNEL_BLOCK`` (as the kernels sum ``BLOCK_C`` per ``tl.dot``);
 * output transform — one GEMM with ``kron(Aᵀ, Aᵀ)`` for every tile and one permute that scatters
   the m×m tiles into the output (measured 5–10× faster than a grouped ``conv_transpose2d``).
 
@@ -125,9 +126,28 @@ def input_transform(
     return out.reshape(n * n, c + 1, nb * th * tw)
 
 
+# Channels per block of the dense Winograd-domain GEMM's accumulation: M is summed over C in blocks
+# of CHANNEL_BLOCK (one matmul each, added into one fp32 accumulator), as the Triton kernels sum
+# BLOCK_C channels per tl.dot. One long sequential sum over C (a single CPU matmul) is what made the
+# torch path 1.3-1.5x less accurate than the kernels (issue 14, uniform[-1, 1], C = K = 64, 24x24,
+# accurate points, fp32: F(4,3) 3.52x -> 2.86x a direct conv's error, F(6,3) 14.9x -> 12.5x; at
+# C = 256 F(4,3) 4.46x -> 2.87x). 16 would give 2.47x / 11.3x but costs the GEMM stage +44% on one
+# CPU thread (36 x 256 x 256 x 3136) against +20% for 32. fp16/bf16 inputs: no change (V's rounding
+# dominates).
+CHANNEL_BLOCK = 32
+
+
 def winograd_gemm(v: torch.Tensor, q_pck: torch.Tensor) -> torch.Tensor:
-    """``M_p = Q_pᵀ V_p`` for every position: v (P, C, T), q_pck (P, C, K) -> M (P, K, T)."""
-    return torch.matmul(q_pck.transpose(1, 2), v)
+    """``M_p = Q_pᵀ V_p`` for every position: v (P, C, T), q_pck (P, C, K) -> M (P, K, T), summed over
+    C in blocks of ``CHANNEL_BLOCK`` channels."""
+    qt = q_pck.transpose(1, 2)
+    c, b = v.shape[1], CHANNEL_BLOCK
+    if c <= b:
+        return torch.matmul(qt, v)
+    acc = torch.matmul(qt[:, :, :b], v[:, :b])
+    for s in range(b, c, b):
+        acc = acc.baddbmm_(qt[:, :, s:s + b], v[:, s:s + b])
+    return acc
 
 
 def output_transform(

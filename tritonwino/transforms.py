@@ -48,12 +48,21 @@ STANDARD_POINTS: dict[int, tuple[Fraction, ...]] = {
     8: (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2), Fraction(-1, 2)),
 }
 
-# Better-conditioned point sets, offered as options and compared in bench/accuracy.py. Keyed by n.
-# Only F(4,3) has one that measured better than the standard set (Barabasz et al., first author's
-# repository, matrix_input/ATMat.txt): about 2x lower max error in fp32 and fp16. Their F(6,3) set
-# is the standard set itself, and every alternative we measured for F(2,3) and F(6,3) was worse.
+# The most accurate point sets known, keyed by n; ``points="accurate"`` selects them on every path
+# (``accurate_points``). Chosen by measurement (``tritonwino points``, ``tritonwino.points``): the
+# ratio of the mean absolute error to a direct convolution's, uniform[-1, 1] data, C = K = 64, 24x24
+# (bench/results/accuracy.md). n = 6 (F(4,3), F(2,5)): oneDNN's / Nervana's {0, ±5/8, ±3/2} -- F(4,3)
+# fp32 3.5x vs 6.7x standard and 5.3x for Barabasz's {0, -1/2, -1, 1, 2} (the previous entry);
+# F(2,5) 2.7x vs 5.5x; an exhaustive search over 0 and two ± pairs of p/q (p, q <= 8) ranks it first
+# in fp32 and within 3% of the best in fp16. n = 8 (F(6,3)): no set beat the standard one in the
+# searches (an exhaustive one over 0 and three ± pairs from 23 magnitudes 1/4 .. 4), so it has no
+# entry. n = 10 (F(8,3), F(6,5); fp32 only, half types refuse n > 8): {0, ±3/8, ±3/4, ±5/4, ±5/2},
+# the best of a 1500-set sample -- F(8,3) 75x vs 356x standard, F(6,5) 45x vs 219x; all its points
+# are dyadic, so the transforms are exact in binary.
 ACCURATE_POINTS: dict[int, tuple[Fraction, ...]] = {
-    6: (Fraction(0), Fraction(-1, 2), Fraction(-1), Fraction(1), Fraction(2)),
+    6: (Fraction(0), Fraction(5, 8), Fraction(-5, 8), Fraction(3, 2), Fraction(-3, 2)),
+    10: (Fraction(0), Fraction(3, 8), Fraction(-3, 8), Fraction(3, 4), Fraction(-3, 4), Fraction(5, 4),
+         Fraction(-5, 4), Fraction(5, 2), Fraction(-5, 2)),
 }
 
 
@@ -286,7 +295,8 @@ def input_transform_gain(m: int, r: int, points: Sequence[object] | str | None =
     ``(max_i Σ_a |Bᵀ[i, a]|)²``, exact (reached by a tile whose signs follow the worst row).
 
     ``V`` is stored in the input's dtype for fp16/bf16 inputs, so an fp16 input is safe while
-    ``max |x| <= 65504 / input_transform_gain(m, r)`` (F(2,3): 16376, F(4,3): 655, F(6,3): 291).
+    ``max |x| <= 65504 / input_transform_gain(m, r)`` (F(2,3): 16376, F(4,3): 655, F(6,3): 291;
+    F(4,3) with the accurate points: 2348).
 
     Example:
         >>> input_transform_gain(4, 3)

@@ -18,6 +18,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("prune", "prune", "the pruning experiment: spatial-Winograd pruning (both steps) vs baselines"),
     ("info", "info", "device, versions, available paths and tuning-cache summary"),
     ("fuzz", "fuzz", "generated valid and invalid cases on both paths: counts silent wrong answers, crashes, hangs"),
+    ("points", "points", "search interpolation points for a tile F(m, r) and report the error ratio to a direct conv"),
     ("compile-check", "compile_check",
      "AOT-compile every kernel config for sm_80/sm_90 and report registers, spills, tensor cores"),
 ]
