@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                     if route in ("cpu", "torch"):
                         fn = lambda x=x, pk=packed, be=route: sparse_winograd_conv2d(x, pk, None, 1, backend=be)
                     elif route == "inductor":
-                        fn = torch.compile(lambda x, pk=packed: reference.sparse_winograd_conv2d(x, pk, None, (1, 1)))
+                        # static shapes: a dynamic-shape recompile (second batch size) fails to lower the conv
+                        fn = torch.compile(lambda x, pk=packed: reference.sparse_winograd_conv2d(x, pk, None, (1, 1)),
+                                           dynamic=False)
                         fn = lambda x=x, f=fn: f(x)
                     else:
                         run = csr_route(q, m)
