@@ -30,8 +30,11 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
+# The table and JSON rows land in out/ (bench/results/compile_check.* are copies of a full run).
 compile-check: setup
-	$(BIN)/tritonwino compile-check --jobs 2 --no-progress
+	mkdir -p out
+	$(BIN)/tritonwino compile-check --jobs 2 --no-progress --json out/compile_check.json > out/compile_check.txt; \
+		rc=$$?; cat out/compile_check.txt; exit $$rc
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info
