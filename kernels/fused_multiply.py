@@ -40,6 +40,18 @@ class FusedConfig:
         return f"T{self.block_t} C{self.block_c} w{self.num_warps} s{self.num_stages}"
 
 
+# F(6, r) would need m² + m + 2 = 44 fp32 accumulator tiles; at the mma.sync floor of 4 registers
+# per thread per tile that is 176 registers before operands and addresses, and every config tried
+# spills (700-3000 bytes, sm_80 and sm_90). GPU launches stop at F(4, r): larger tiles run on the
+# torch path on CUDA (``tritonwino._triton_path.check_gpu_tile``) and on the interpreter for tests.
+GPU_MAX_M = 4
+
+# ptxas, left alone, caps some of these kernels at 128 or 168 registers to fit more blocks per SM and
+# spills 8-72 bytes to do it; an explicit .maxnreg of the hardware limit (not a tighter cap) lets it
+# use what it needs. Every launch and every compile-check spec passes it.
+MAXNREG = 255
+
+
 def accumulators(m: int) -> int:
     """fp32 (BLOCK_T × BLOCK_K) accumulators live in the epilogue: m² outputs, the m row values of
     the current position row, the product being built and one held for its mirrored partner."""
@@ -128,7 +140,7 @@ def fused_multiply(
     kern[(triton.cdiv(t_total, cfg.block_t), g)](
         *args, HAS_BIAS=bias is not None, RELU=relu, BLOCK_T=cfg.block_t, BLOCK_K=block_k, BLOCK_C=cfg.block_c,
         PRECISION=precision, UPCAST=upcast_dot(operand), **extra,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=MAXNREG,
     )
     return y
 
@@ -171,7 +183,7 @@ def compile_specs(tiles) -> list[CompileSpec]:
                     sig.update({a: "constexpr" for a in consts})
                     specs.append(CompileSpec(
                         kernel=f"fused_{source}_{weight}", fn=fused_kernel(spec, source, weight), signature=sig,
-                        constexprs=consts, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                        constexprs=consts, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=MAXNREG,
                         label=f"{name} {cfg.label} K{gk} {TL_NAME[dt]}{'/tf32' if prec == 'tf32' else ''}",
                         expects_mma=not (dt == torch.float32 and prec == "ieee"),
                     ))

@@ -30,6 +30,7 @@ class CompileSpec:
     constexprs: dict[str, Any]     # constexpr arg name -> value
     num_warps: int = 4
     num_stages: int = 2
+    maxnreg: int | None = None     # the launch's .maxnreg (None: ptxas chooses)
     label: str = ""                # config label shown in the table, e.g. "T64 K64 C32 fp16"
     expects_mma: bool = False      # whether tensor-core instructions must appear
     extra: dict[str, Any] = field(default_factory=dict)

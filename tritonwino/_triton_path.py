@@ -33,7 +33,7 @@ import torch
 
 from . import _checks, dwm
 from .kernels.codegen import TileSpec
-from .kernels.fused_multiply import dense_block_k, fused_multiply
+from .kernels.fused_multiply import GPU_MAX_M, dense_block_k, fused_multiply
 from .kernels.input_transform import input_transform
 from .packing import PackedWinogradWeight
 from .reference import tile_grid
@@ -45,6 +45,7 @@ __all__ = [
     "PATHS",
     "TRITON_DTYPES",
     "SparseCall",
+    "check_gpu_tile",
     "check_index_range",
     "check_triton_dtype",
     "kernel_bias",
@@ -85,15 +86,26 @@ def _tile_spec(m: int, r: int, pts: tuple[Fraction, ...], order: str) -> TileSpe
 
 
 def shipped_tiles() -> list[tuple[str, TileSpec]]:
-    """(name, spec) of the tiles compile-check covers: F(2,3), F(4,3), F(6,3) with the default
-    points, F(4,3) with the accurate points (other points generate the same code shape), and the
-    F(2,2), F(4,2), F(6,2) tiles the pieces of 3×3 stride-2 (and 2×2, 4×4) kernels run with
-    (``tritonwino.dwm``; larger kernels' pieces run as F(m, 3))."""
+    """(name, spec) of the tiles compile-check covers, the ones a GPU launches: F(2,3) and F(4,3)
+    with the default points, F(4,3) with the accurate points (other points generate the same code
+    shape), and the F(2,2), F(4,2) tiles the pieces of 3×3 stride-2 (and 2×2, 4×4) kernels run
+    with (``tritonwino.dwm``; larger kernels' pieces run as F(m, 3)). F(6, r) stops at
+    :func:`check_gpu_tile`."""
     from .transforms import normalize_points
 
     plain = [(f"F({m},3){' accurate' if pts else ''}", tile_spec(m, 3, normalize_points(m, 3, pts)))
-             for m, pts in ((2, None), (4, None), (6, None), (4, ACCURATE_POINTS[6]))]
-    return plain + [(f"F({m},2)", tile_spec(m, 2, normalize_points(m, 2, None))) for m in (2, 4, 6)]
+             for m, pts in ((2, None), (4, None), (4, ACCURATE_POINTS[6]))]
+    return plain + [(f"F({m},2)", tile_spec(m, 2, normalize_points(m, 2, None))) for m in (2, 4)]
+
+
+def check_gpu_tile(m: int, x: torch.Tensor) -> None:
+    """Refuse (ValueError) F(m, r) with m > ``GPU_MAX_M`` on a CUDA tensor: its fused kernel would
+    need more registers than a thread has (``kernels.fused_multiply.GPU_MAX_M``). The interpreter
+    (CPU tensors) runs every tile."""
+    if x.is_cuda and m > GPU_MAX_M:
+        raise ValueError(f"backend='triton' on a GPU runs output tiles up to m = {GPU_MAX_M}, got F({m}, r): the "
+                         f"fused kernel for m = {m} would spill registers. Use a tile m <= {GPU_MAX_M}, or "
+                         "backend='torch' (backend='auto' does this for you)")
 
 
 @functools.lru_cache(maxsize=64)
@@ -158,6 +170,7 @@ class SparseCall:
     def __init__(self, x: torch.Tensor, packed: PackedWinogradWeight, values: torch.Tensor,
                  bias: torch.Tensor | None, padding: tuple[int, int], relu: bool = False, allow_tf32: bool = False,
                  winograd_relu: bool = False):
+        check_gpu_tile(packed.m, x)
         self.x, self.packed, self.values, self.bias = x, packed, values, kernel_bias(bias)
         self.padding, self.relu, self.allow_tf32, self.winograd_relu = padding, relu, allow_tf32, winograd_relu
         self.decomposition = packed.dwm
@@ -205,6 +218,7 @@ def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | N
     the input transform, then the dense fused multiply."""
     p, c, k = q_pck.shape
     check_triton_dtype(x.dtype)
+    check_gpu_tile(m, x)
     pieces = 1 if decomposition is None else decomposition.pieces
     if p != tile_size(m, r) ** 2 or c != x.shape[1] * pieces:  # the GEMM launcher would only assert
         raise ValueError(f"q_pck {tuple(q_pck.shape)} does not fit F({m},{r}) (P = {tile_size(m, r) ** 2}) and an "
@@ -234,6 +248,7 @@ def sparse_winograd_conv2d(x: torch.Tensor, packed: PackedWinogradWeight, bias: 
     applies a ReLU to V (Liu et al. 2018: y = Aᵀ[Q ⊙ ReLU(Bᵀ X B)]A). A decomposed weight
     (``packed.dwm``) runs the two-kernel path: ``path="one-kernel"`` is refused for it."""
     check_triton_dtype(x.dtype)
+    check_gpu_tile(packed.m, x)  # before the field checks: the first thing a GPU user with F(6, r) should read
     packed.check_fields()
     _checks.check_tile_dtype(packed.m, packed.r, x.dtype)
     check_index_range(x, packed.K, packed.C, packed.m, packed.r, padding, packed.dwm)

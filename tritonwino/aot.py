@@ -174,7 +174,8 @@ def compile_one(spec: Any, arch: str, save_dir: Path | None = None) -> Row:
     try:
         src = ASTSource(fn=spec.fn, signature=dict(spec.signature), constexprs=dict(spec.constexprs))
         compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32),
-                                  options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+                                  options={"num_warps": spec.num_warps, "num_stages": spec.num_stages,
+                                           **({"maxnreg": spec.maxnreg} if spec.maxnreg else {})})
         ptx = compiled.asm["ptx"]
         row.smem = int(getattr(compiled.metadata, "shared", 0) or 0)
         row.tensor_cores = has_tensor_core_instructions(ptx)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import _cpu_path, tuning
+from .kernels.fused_multiply import GPU_MAX_M
 
 __all__ = [
     "MARGIN",
@@ -106,9 +107,12 @@ def winograd_backend(x: torch.Tensor) -> str:
 
 def layer_backend(layer, x: torch.Tensor) -> str:
     """:func:`winograd_backend` for this layer: the C++ CPU kernels run plain F(m, r) convolutions
-    only, so a decomposed (``tritonwino.dwm``) or Winograd-ReLU layer takes the torch path on CPU
-    (the op would route it there anyway; saying so here keeps decisions and cache keys honest)."""
+    only, so a decomposed (``tritonwino.dwm``) or Winograd-ReLU layer takes the torch path on CPU,
+    and the GPU kernels stop at m = ``GPU_MAX_M``, so larger tiles take it on CUDA (the op would
+    route it there anyway; saying so here keeps decisions and cache keys honest)."""
     be = winograd_backend(x)
+    if be == "triton" and layer.m > GPU_MAX_M:
+        return "torch"
     if be == "cpu" and (getattr(layer, "decomposition", None) is not None or getattr(layer, "winograd_relu", False)):
         return "torch"
     return be

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from . import _checks, _cpu_path, dwm, ops, reference
+from .kernels.fused_multiply import GPU_MAX_M
 from .packing import PackedWinogradWeight, check_decomposition, packed_from_arrays
 from .transforms import normalize_points, tile_size
 
@@ -33,7 +34,7 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None) -> str:
+def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None, m: int | None = None) -> str:
     """The path to run: ``"torch"``, ``"triton"`` or ``"cpu"``.
 
     The Triton and C++ kernels have no backward, so when autograd needs gradients ``"auto"`` takes
@@ -44,6 +45,8 @@ def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None)
         backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"torch"``.
         x: the input (its device decides ``"auto"``).
         *params: other tensors whose gradients autograd may need (weight, bias, packed values).
+        m: the output tile side, when the call is a Winograd convolution: ``"auto"`` on a GPU runs
+            tiles with m > ``GPU_MAX_M`` (which have no spill-free kernel) on the torch path.
     """
     _checks.check_backend(backend)
     needs_grad = _needs_grad(x, *params)
@@ -51,7 +54,7 @@ def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None)
         if needs_grad:
             return "torch"
         if x.is_cuda:
-            return "triton"
+            return "triton" if m is None or m <= GPU_MAX_M else "torch"
         return "cpu" if _cpu_path.runs(x) else "torch"
     if backend in ("triton", "cpu") and needs_grad:
         raise RuntimeError(f"backend={backend!r} is inference-only (no backward): run under torch.no_grad() / "
@@ -138,7 +141,7 @@ def winograd_conv2d(
             raise
         raise ValueError(f"{e}. This {ks}x{ks} stride-{s} kernel runs decomposed into F({m},{r}) pieces "
                          f"(tritonwino.dwm); points for a single F({m},{ks}) tile need decompose=False") from None
-    be = resolve_backend(backend, x, weight, bias)
+    be = resolve_backend(backend, x, weight, bias, m=m)
     if _needs_grad(x, weight, bias):
         return reference.winograd_conv2d(x, weight, bias, pad, m, pts, relu, winograd_relu=winograd_relu,
                                          stride=s, decompose=decompose)
@@ -192,7 +195,7 @@ def winograd_conv2d_pck(
     _checks.check_input(x, _checks.real_channels(q_pck.shape[1], d))
     _checks.check_bias(bias, q_pck.shape[2])
     _checks.check_same_device(x=x, q=q_pck, bias=bias)
-    be = resolve_backend(backend, x, q_pck, bias)
+    be = resolve_backend(backend, x, q_pck, bias, m=m)
     if _needs_grad(x, q_pck, bias):
         return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts, relu, winograd_relu, d)
     return ops.winograd_conv2d_pck_call(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32,
@@ -246,7 +249,7 @@ def sparse_winograd_conv2d(
     _checks.check_bias(bias, packed.K)
     _checks.check_same_device(x=x, packed=packed.values, bias=bias)
     pad = _checks.check_padding(padding)
-    be = resolve_backend(backend, x, bias, packed.values)
+    be = resolve_backend(backend, x, bias, packed.values, m=packed.m)
     if _needs_grad(x, bias, packed.values):
         # validated once per array version; the cached object keeps the torch path's padded slabs
         cached = packed_from_arrays(packed.values, packed.indices, packed.offsets, packed.m, packed.r, packed.K,
