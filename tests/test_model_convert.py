@@ -4,7 +4,6 @@ the layer patterns of models no one here wrote (timm / torchvision style subclas
 padding, parametrizations, hooks, fusers, meta-device init, plain training loops)."""
 
 import copy
-import io
 import re
 import warnings
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tritonwino.sparse_conv as sc
+from tests._io import reloaded
 from tests._tolerance import REL_BOUND
 from tritonwino import ops
 from tritonwino.experiments.models import SmallResNet, SmallVGG
@@ -110,12 +110,10 @@ def test_whole_model_save_load_into_fresh_conversion():
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         y = model(x)
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    buf.seek(0)
+    sd = reloaded(model.state_dict())
     torch.manual_seed(123)
     fresh = convert(SmallResNet(10, 1).eval(), backend="auto")  # unpruned: other buffer sizes
-    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    fresh.load_state_dict(sd)
     with torch.no_grad():
         assert torch.equal(fresh(x), y)
     # a deep copy keeps working too (buffers, not Python-side caches, hold the weight)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests._io import reloaded
 from tests._tolerance import REL_BOUND
 from tritonwino import _triton_path, reference
 from tritonwino.modules import compact_state_dict
@@ -163,13 +164,6 @@ def _converted_pair(seed_a=0, seed_b=1, m=4, k=32, kind="spatial"):
     return a, b
 
 
-def _reload(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 def test_spatially_pruned_layer_stores_its_spatial_weight_and_roundtrips_exactly():
     a, b = _converted_pair(kind="spatial")
     sd = a.state_dict()
@@ -183,7 +177,7 @@ def test_spatially_pruned_layer_stores_its_spatial_weight_and_roundtrips_exactly
     with torch.no_grad():
         ya = a(x)
         assert not torch.equal(b(x), ya)
-    b.load_state_dict(_reload(sd))  # other sparsity, other buffer sizes: Q re-derived from W
+    b.load_state_dict(reloaded(sd))  # other sparsity, other buffer sizes: Q re-derived from W
     for la, lb in zip(a[::2], b[::2], strict=True):
         for name in ("packed_values", "packed_indices", "packed_offsets"):
             assert torch.equal(getattr(la, name), getattr(lb, name)), name
@@ -210,7 +204,7 @@ def test_winograd_pruned_layer_stores_packed_arrays_in_the_model_dtype_and_round
     x = torch.randn(2, 16, 12, 12)
     with torch.no_grad():
         ya = a(x)
-    b.load_state_dict(_reload(sd))  # a spatially converted layer takes a packed weight too
+    b.load_state_dict(reloaded(sd))  # a spatially converted layer takes a packed weight too
     with torch.no_grad():
         assert torch.equal(b(x), ya)
     assert b[2].spatial_weight() is None and b[2].weight is None  # no exact spatial form
@@ -264,7 +258,7 @@ def test_default_checkpoint_at_75_percent_is_within_10_percent_of_dense_paramete
     assert tensor_bytes <= 1.10 * dense_bytes, (tensor_bytes / dense_bytes)
     assert _file_size(sd) <= 1.10 * _file_size(dense.state_dict()) + 4096  # + pickled metadata
     fresh = convert(build(), backend="torch")
-    fresh.load_state_dict(_reload(sd))
+    fresh.load_state_dict(reloaded(sd))
     x = torch.randn(2, 64, 9, 9)
     with torch.no_grad():
         assert torch.equal(fresh(x), conv(x))

@@ -1,13 +1,12 @@
 """Model-level pruning: WinogradConv2d, pruners, gradient scaling, masks lifecycle, schedules,
 sensitivity scan."""
 
-import io
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests._io import reloaded
 from tritonwino.pruning import (
     SpatialPruner,
     WinogradConv2d,
@@ -204,17 +203,10 @@ def test_winograd_pruner_block_granularity():
 
 
 # ---------------------------------------------------------------- lifecycle
-def _roundtrip(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 def test_spatial_masks_survive_state_dict_into_fresh_model():
     model = Tiny()
     SpatialPruner(model).prune(0.6)
-    sd = _roundtrip(model.state_dict())
+    sd = reloaded(model.state_dict())
     fresh = Tiny()
     load_pruned_state_dict(fresh, sd)
     assert torch.equal(fresh.c1.spatial_mask, model.c1.spatial_mask)
@@ -229,7 +221,7 @@ def test_winograd_masks_survive_state_dict_into_fresh_model():
     SpatialPruner(model).prune(0.4)
     convert_to_winograd(model, m=4, points=ACCURATE_POINTS[6])
     WinogradPruner(model).prune(0.7)
-    sd = _roundtrip(model.state_dict())
+    sd = reloaded(model.state_dict())
     fresh = Tiny()
     load_pruned_state_dict(fresh, sd)
     assert isinstance(fresh.c1, WinogradConv2d) and fresh.c1.points == normalize_points(4, 3, ACCURATE_POINTS[6])
