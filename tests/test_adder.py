@@ -14,7 +14,6 @@ so interpreted bf16 kernels show up to twice the torch path's rounding error.
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 
@@ -32,6 +31,7 @@ from tritonwino.adder import (
     winograd_adder_matrices,
 )
 
+from ._io import reloaded
 from ._tolerance import max_err, ulp
 
 REL_BOUND = {torch.float64: 2e-15, torch.float32: 2e-6, torch.float16: 3e-3, torch.bfloat16: 4e-2}
@@ -435,13 +435,11 @@ def test_module_state_dict_round_trip(cls):
     layer = cls(3, 5, 3, padding=1, bias=True)
     with torch.no_grad():
         layer.bias.normal_()
-    buf = io.BytesIO()
-    torch.save(layer.state_dict(), buf)
-    buf.seek(0)
+    saved = reloaded(layer.state_dict())
     torch.manual_seed(123)
     fresh = cls(3, 5, 3, padding=1, bias=True)
     assert not torch.equal(fresh.weight, layer.weight)
-    fresh.load_state_dict(torch.load(buf))
+    fresh.load_state_dict(saved)
     x = torch.randn(2, 3, 7, 7)
     assert torch.equal(fresh(x), layer(x))
     assert set(layer.state_dict()) == {"weight", "bias"}
