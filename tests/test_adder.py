@@ -498,7 +498,10 @@ def test_count_ops_by_hand():
 
 
 @pytest.mark.slow
-def test_experiment_runs_and_resumes(tmp_path):
+def test_experiment_runs_and_resumes(tmp_path, monkeypatch):
+    import dataclasses
+
+    import tritonwino.experiments.adder as adder_exp
     from tritonwino.experiments.adder import Settings, run_experiment, write_outputs
     from tritonwino.experiments.data import fashion_mnist_available
 
@@ -513,6 +516,24 @@ def test_experiment_runs_and_resumes(tmp_path):
     files = write_outputs(rows, tmp_path / "out" / "adder", s)
     assert all(f.exists() and f.stat().st_size > 0 for f in files)
     assert "wino-balanced-l2l1" in (tmp_path / "out" / "adder.md").read_text()
+    # another ℓ2→ℓ1 schedule retrains only the ℓ2→ℓ1 variant; the CNN's finished run stays valid
+    step = dataclasses.replace(s, l2_to_l1_schedule="step")
+    trained = []
+    real = adder_exp.train_variant
+    monkeypatch.setattr(adder_exp, "train_variant", lambda v, *a, **k: trained.append(v.name) or real(v, *a, **k))
+    rows_step = run_experiment(tmp_path, ["cnn", "wino-balanced-l2l1"], step, progress=False)
+    assert trained == ["wino-balanced-l2l1"]
+    assert rows_step[0] == rows[0]
+
+
+def test_l2_to_l1_schedules():
+    from tritonwino.experiments.adder import Settings, schedule_p
+
+    lin, step = Settings(l2_to_l1_end=0.5), Settings(l2_to_l1_end=0.5, l2_to_l1_schedule="step")
+    assert [schedule_p(t, lin) for t in (0.0, 0.25, 0.5, 0.9)] == [2.0, 1.5, 1.0, 1.0]
+    assert [schedule_p(t, step) for t in (0.0, 0.25, 0.5, 0.51, 0.9)] == [2.0, 2.0, 2.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="l2_to_l1_schedule must be one of"):
+        schedule_p(0.1, Settings(l2_to_l1_schedule="cosine"))
 
 
 def test_core_does_not_import_adder():

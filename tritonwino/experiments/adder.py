@@ -198,12 +198,27 @@ class Settings:
     weight_decay: float = 5e-4
     eta: float = 0.2
     l2_to_l1_end: float = 0.5       # p reaches 1 at this fraction of training
+    # "linear": p from 2 to 1 over [0, l2_to_l1_end]; "step": p = 2 until l2_to_l1_end, then 1.
+    # Step runs only p = 2 and p = 1, whose distances are fast (torch.cdist); 1 < p < 2 takes a
+    # vectorised pow per term, ~40x slower on a CPU (about 4 CPU-hours per variant here).
+    l2_to_l1_schedule: str = "linear"
     widths: tuple[int, int, int] = (16, 16, 32)
     seed: int = 0
     train_limit: int | None = None
     test_limit: int | None = None
     threads: int = 1
     extra: dict = field(default_factory=dict)
+
+
+L2_TO_L1_SCHEDULES = ("linear", "step")
+
+
+def schedule_p(progress: float, settings: Settings) -> float:
+    """The distance exponent at ``progress`` ∈ [0, 1] of training under ``settings``' ℓ2→ℓ1 schedule."""
+    if settings.l2_to_l1_schedule not in L2_TO_L1_SCHEDULES:
+        raise ValueError(f"l2_to_l1_schedule must be one of {L2_TO_L1_SCHEDULES}, got {settings.l2_to_l1_schedule!r}")
+    start = settings.l2_to_l1_end if settings.l2_to_l1_schedule == "step" else 0.0
+    return l2_to_l1_p(progress, start, settings.l2_to_l1_end)
 
 
 def _lr_at(step: int, total: int, base: float) -> float:
@@ -239,7 +254,7 @@ def train_variant(variant: Variant, data: tuple, settings: Settings, ckpt: Path,
         for i in bar:
             step = epoch * steps_per_epoch + i
             if variant.l2_to_l1:
-                set_adder_p(model, l2_to_l1_p(step / total, 0.0, settings.l2_to_l1_end))
+                set_adder_p(model, schedule_p(step / total, settings))
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, settings.lr)
             idx = order[i * settings.batch_size:(i + 1) * settings.batch_size]
@@ -251,7 +266,7 @@ def train_variant(variant: Variant, data: tuple, settings: Settings, ckpt: Path,
             if i % 50 == 49 and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{run_loss / (i + 1):.3f}")
         if variant.l2_to_l1:
-            set_adder_p(model, l2_to_l1_p((epoch + 1) / settings.epochs, 0.0, settings.l2_to_l1_end))
+            set_adder_p(model, schedule_p((epoch + 1) / settings.epochs, settings))
         acc = round(100.0 * accuracy(model, TensorDataset(xte, yte)), 4)
         state["cpu_seconds"] += time.process_time() - t0
         state["epoch"] = epoch + 1
@@ -287,7 +302,8 @@ def run_experiment(out_dir: str | Path, variants: Sequence[str], settings: Setti
     if rows_path.exists():
         for line in rows_path.read_text().splitlines():
             r = json.loads(line)
-            if r.get("settings") == _settings_key(settings):
+            v = VARIANTS.get(r.get("variant"))
+            if v is not None and _settings_key(r.get("settings", {}), v) == _settings_key(settings, v):
                 done[r["variant"]] = r
     tr, te, _info = load_dataset("fashion-mnist", train_limit=settings.train_limit, test_limit=settings.test_limit)
     data = (*tr.tensors, *te.tensors)
@@ -297,17 +313,28 @@ def run_experiment(out_dir: str | Path, variants: Sequence[str], settings: Setti
             continue
         row = train_variant(VARIANTS[name], data, settings, out / f"{name}.pt", progress)
         env = environment("cpu")
-        row.update({"settings": _settings_key(settings), "train_size": len(data[0]), "test_size": len(data[2]),
-                    **{key: env[key] for key in ENV_KEYS}})
+        row.update({"settings": _settings_key(settings, VARIANTS[name]), "train_size": len(data[0]),
+                    "test_size": len(data[2]), **{key: env[key] for key in ENV_KEYS}})
         with rows_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         done[name] = row
     return [done[n] for n in variants if n in done]
 
 
-def _settings_key(settings: Settings) -> dict:
-    d = asdict(settings)
-    d["widths"] = list(d["widths"])
+# Settings that change only the ℓ2→ℓ1 variants: a finished run of another variant stays valid
+# when they change.
+_L2_TO_L1_FIELDS = ("l2_to_l1_end", "l2_to_l1_schedule")
+
+
+def _settings_key(settings: Settings | dict, variant: Variant) -> dict:
+    """The settings a finished run of ``variant`` depends on (older rows lack the schedule field:
+    they ran the linear one)."""
+    d = asdict(settings) if isinstance(settings, Settings) else dict(settings)
+    d["widths"] = list(d.get("widths", ()))
+    d.setdefault("l2_to_l1_schedule", "linear")
+    if not variant.l2_to_l1:
+        for f in _L2_TO_L1_FIELDS:
+            d.pop(f, None)
     return d
 
 
@@ -317,7 +344,7 @@ def _settings_key(settings: Settings) -> dict:
 ENV_KEYS = ("device", "threads", "torch", "triton", "tritonwino", "timestamp")
 COLUMNS = ("variant", "layer", "matrices", "l2_to_l1", "test_acc", "best_acc", "train_loss", "adds_per_image",
            "mults_per_image", "tile_imbalance", "cpu_seconds", "epochs", "batch_size", "lr", "eta", "l2_to_l1_end",
-           "widths", "seed", "train_size", "test_size", *ENV_KEYS)
+           "l2_to_l1_schedule", "widths", "seed", "train_size", "test_size", *ENV_KEYS)
 
 
 def write_outputs(rows: list[dict], stem: str | Path, settings: Settings) -> list[Path]:
@@ -325,8 +352,8 @@ def write_outputs(rows: list[dict], stem: str | Path, settings: Settings) -> lis
     epoch), ``stem``.md (table + settings) and ``stem``.png (``plot_results`` of the two CSVs)."""
     stem = Path(stem)
     run = {"epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr, "eta": settings.eta,
-           "l2_to_l1_end": settings.l2_to_l1_end, "widths": "-".join(map(str, settings.widths)),
-           "seed": settings.seed}
+           "l2_to_l1_end": settings.l2_to_l1_end, "l2_to_l1_schedule": settings.l2_to_l1_schedule,
+           "widths": "-".join(map(str, settings.widths)), "seed": settings.seed}
     summary = [{c: {**r, **run}.get(c) for c in COLUMNS} for r in rows]
     epochs = [{"variant": r["variant"], **h} for r in rows for h in r["history"]]
     paths = [*write_rows(summary, stem.parent, stem.name), *write_rows(epochs, stem.parent, stem.name + "_epochs")]
@@ -347,7 +374,11 @@ def write_outputs(rows: list[dict], stem: str | Path, settings: Settings) -> lis
         "only the two middle layers differ. "
         f"{settings.epochs} epochs, batch {settings.batch_size}, SGD momentum {settings.momentum}, weight decay "
         f"{settings.weight_decay}, cosine lr from {settings.lr}, adaptive-lr eta {settings.eta} on adder layers; "
-        f"ℓ2→ℓ1: p from 2 to 1 linearly over the first {settings.l2_to_l1_end:.0%} of the steps. Seed "
+        + (f"ℓ2→ℓ1: p from 2 to 1 linearly over the first {settings.l2_to_l1_end:.0%} of the steps. "
+           if settings.l2_to_l1_schedule == "linear" else
+           f"ℓ2→ℓ1: p = 2 for the first {settings.l2_to_l1_end:.0%} of the steps, then p = 1 (a step: 1 < p < 2 "
+           "costs ~40x more CPU time per step). ")
+        + "Seed "
         f"{settings.seed}, torch threads {settings.threads}. Test accuracy after the last epoch (best: over "
         "epochs). Ops per image: the conv-like layers, BatchNorm where it cannot be folded, and the classifier "
         "(conventions in `tritonwino.experiments.adder.count_ops`). Tile imbalance: spread of a Winograd adder "
