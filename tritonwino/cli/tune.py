@@ -60,6 +60,7 @@ from ..experiments.rows import write_rows
 from ..functional import sparse_winograd_conv2d, winograd_conv2d_pck
 from ..kernels._common import dot_precision
 from ..kernels.fused_multiply import (
+    GPU_MAX_M,
     dense_block_k,
     fused_multiply,
     gpu_configs,
@@ -155,6 +156,8 @@ def triton_jobs(layers: list[Layer], batches: list[int], dtype: torch.dtype, all
     jobs = []
     for nb in batches:
         for layer in layers:
+            if torch.cuda.is_available() and layer.m > GPU_MAX_M:
+                continue  # no GPU kernel for this tile: it runs on the torch path, nothing to tune
             t = layer.tiles(nb)
             jobs.append(Job(select.DENSE_KERNEL,
                             select.dense_key(t, layer.c, layer.k, layer.m, layer.r, opd, allow_tf32),
