@@ -8,7 +8,7 @@ import pytest
 MODULES = ["tritonwino.adder", "tritonwino.functional", "tritonwino.modules", "tritonwino.packing", "tritonwino.tables",
            "tritonwino.testing", "tritonwino.transforms", "tritonwino.tuning.timer",
            "tritonwino.experiments.training", "tritonwino.experiments.rows", "tritonwino.experiments.models",
-           "tritonwino.pruning.layers"]
+           "tritonwino.experiments.converged_grid", "tritonwino.pruning.layers"]
 
 
 @pytest.mark.parametrize("name", MODULES)
