@@ -7,7 +7,8 @@ import pytest
 
 MODULES = ["tritonwino.adder", "tritonwino.functional", "tritonwino.modules", "tritonwino.packing", "tritonwino.tables",
            "tritonwino.testing", "tritonwino.transforms", "tritonwino.tuning.timer",
-           "tritonwino.experiments.training", "tritonwino.experiments.rows", "tritonwino.pruning.layers"]
+           "tritonwino.experiments.training", "tritonwino.experiments.rows", "tritonwino.experiments.models",
+           "tritonwino.experiments.converged_grid", "tritonwino.pruning.layers"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -161,8 +161,9 @@ def load_cifar(
     normalize: bool = True,
 ) -> tuple[TensorDataset, TensorDataset]:
     """CIFAR-10 (``data_batch_1..5``, ``test_batch``) or CIFAR-100 (``train``, ``test``, fine labels)
-    from the "python version" pickle batches in ``root`` (the extracted ``cifar-10-batches-py`` /
-    ``cifar-100-python`` directory). Returns (N, 3, 32, 32) float32 datasets."""
+    from the "python version" pickle batches in ``root``: the extracted ``cifar-10-batches-py`` /
+    ``cifar-100-python`` directory, or the directory holding it. Returns (N, 3, 32, 32) float32
+    datasets."""
     if num_classes not in (10, 100):
         raise ValueError(f"num_classes must be 10 or 100, got {num_classes!r}")
     if root is None:
@@ -176,11 +177,19 @@ def load_cifar(
     else:
         train_files, test_files, key = ["train"], ["test"], "fine_labels"
         url = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-    missing = [f for f in train_files + test_files if not os.path.exists(os.path.join(root, f))]
+    subdir = "cifar-10-batches-py" if num_classes == 10 else "cifar-100-python"
+
+    def missing_in(d: str) -> list[str]:
+        return [f for f in train_files + test_files if not os.path.exists(os.path.join(d, f))]
+
+    missing = missing_in(root)
+    if missing and not missing_in(os.path.join(root, subdir)):
+        root, missing = os.path.join(root, subdir), []  # the user gave the directory above the batches
     if missing:
         raise DatasetNotFoundError(
-            f"CIFAR-{num_classes} files {missing} not found in {root!r}. Download {url} yourself, "
-            f"extract it and pass root= the extracted directory (nothing is downloaded by tritonwino)."
+            f"CIFAR-{num_classes} files {missing} not found in {root!r} (nor in {subdir}/ below it). Download "
+            f"{url} yourself, extract it and pass the extracted {subdir}/ directory, or the one holding it "
+            f"(nothing is downloaded by tritonwino)."
         )
 
     def read(files: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

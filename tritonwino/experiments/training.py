@@ -1,6 +1,7 @@
 """The one training and evaluation loop shared by the demo, the pruning experiments and the
-notebooks: endless shuffled mini-batches, SGD with momentum, an optional cosine schedule, and a
-hook for a pruner's ``step(optimizer)`` (which scales gradients and re-applies masks)."""
+notebooks: endless shuffled mini-batches, SGD with momentum, an optional cosine schedule, a hook
+for a pruner's ``step(optimizer)`` (which scales gradients and re-applies masks), periodic
+checkpoints a long run can resume from, light augmentation and a distillation loss."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
-__all__ = ["Batches", "accuracy", "train"]
+__all__ = ["Batches", "accuracy", "distillation_loss", "random_crop_flip", "train"]
 
 
 class Batches:
@@ -64,10 +65,71 @@ class Batches:
         return x, self.y[idx]
 
 
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def random_crop_flip(pad: int = 2, flip: bool = True) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """An ``augment`` for :class:`Batches`: a random crop of the zero-padded batch (``pad`` pixels
+    each side; zero is the mean after normalisation) and, with ``flip``, a random horizontal flip,
+    drawn per image from the stream's generator (so a resumed stream repeats them).
+
+    Example:
+        >>> aug = random_crop_flip(pad=1)
+        >>> tuple(aug(torch.randn(3, 1, 5, 5), torch.Generator().manual_seed(0)).shape)
+        (3, 1, 5, 5)
+    """
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be an int >= 0, got {pad!r}")
+
+    def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if pad:
+            xp = F.pad(x, (pad, pad, pad, pad))
+            oy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+            ox = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+            rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+            cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+            x = xp[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+        if flip:
+            mirror = torch.rand(n, generator=g) < 0.5
+            x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+        return x
+
+    return augment
+
+
+def distillation_loss(teacher: nn.Module, temperature: float = 4.0, weight: float = 0.5) -> LossFn:
+    """A ``loss_fn`` for :func:`train`: ``(1 − weight)·CE(student, y) + weight·T²·KL(softmax(teacher/T)
+    ‖ softmax(student/T))`` (Hinton et al. 2015), the teacher run in eval mode without gradients
+    on the same (augmented) batch.
+
+    Example:
+        >>> teacher = nn.Linear(4, 3)
+        >>> loss = distillation_loss(teacher, 2.0, 0.5)(torch.randn(5, 3), torch.randn(5, 4), torch.zeros(5).long())
+        >>> float(loss) > 0
+        True
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight!r}")
+    teacher.eval()
+
+    def loss_fn(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = teacher(x)
+        kl = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(t / temperature, 1),
+                      reduction="batchmean", log_target=True)
+        return (1.0 - weight) * F.cross_entropy(logits, y) + weight * temperature ** 2 * kl
+
+    return loss_fn
+
+
 def train(model: nn.Module, batches: Batches, steps: int, lr: float, *,
           step: Callable[[torch.optim.Optimizer], None] | None = None, momentum: float = 0.9,
           weight_decay: float = 5e-4, cosine: bool = False, desc: str = "train", progress: bool = True,
-          device: torch.device | str = "cpu") -> float:
+          device: torch.device | str = "cpu", loss_fn: LossFn | None = None, every: int = 0,
+          on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> float:
     """``steps`` SGD steps on cross-entropy; returns the mean loss of the last 10% of steps.
 
     Args:
@@ -81,6 +143,12 @@ def train(model: nn.Module, batches: Batches, steps: int, lr: float, *,
         cosine: cosine-anneal the learning rate to 0 over ``steps``.
         desc, progress: progress bar label, and whether to show it (stderr).
         device: where the batches are moved.
+        loss_fn: ``loss_fn(logits, x, y)`` instead of cross-entropy (e.g. :func:`distillation_loss`).
+        every, on_checkpoint: call ``on_checkpoint(state)`` after every ``every`` steps and after
+            the last one; ``state`` holds ``step`` (steps done), ``optimizer`` / ``scheduler`` state
+            dicts, ``lr`` and ``loss`` (mean since the previous checkpoint). Save it with the model
+            and the stream's :meth:`Batches.state` to resume a long run.
+        resume: such a ``state``: continue from its step with its optimizer and schedule.
 
     Example:
         >>> ds = TensorDataset(torch.randn(32, 1, 6, 6), torch.randint(0, 2, (32,)))
@@ -88,14 +156,29 @@ def train(model: nn.Module, batches: Batches, steps: int, lr: float, *,
         >>> loss = train(net, Batches(ds, 8), steps=3, lr=0.1, progress=False)
         >>> loss > 0
         True
+        >>> seen = []
+        >>> _ = train(net, Batches(ds, 8), steps=5, lr=0.1, progress=False, every=2,
+        ...           on_checkpoint=lambda s: seen.append(s["step"]))
+        >>> seen
+        [2, 4, 5]
     """
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1)) if cosine else None
+    start = 0
+    if resume is not None:
+        start = int(resume["step"])
+        opt.load_state_dict(resume["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(resume["scheduler"])
     tail: list[float] = []
-    for i in tqdm(range(steps), desc=desc, leave=False, mininterval=2, file=sys.stderr, disable=not progress):
+    since: list[float] = []
+    for i in tqdm(range(start, steps), desc=desc, leave=False, mininterval=2, file=sys.stderr,
+                  disable=not progress, initial=start, total=steps):
         x, y = batches.next()
-        loss = F.cross_entropy(model(x.to(device)), y.to(device))
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if step is None:
@@ -104,8 +187,15 @@ def train(model: nn.Module, batches: Batches, steps: int, lr: float, *,
             step(opt)
         if sched is not None:
             sched.step()
+        value = float(loss.detach())
+        since.append(value)
         if i >= steps - max(1, steps // 10):
-            tail.append(float(loss.detach()))
+            tail.append(value)
+        if on_checkpoint is not None and ((every > 0 and (i + 1) % every == 0) or i + 1 == steps):
+            on_checkpoint({"step": i + 1, "optimizer": opt.state_dict(),
+                           "scheduler": None if sched is None else sched.state_dict(),
+                           "lr": opt.param_groups[0]["lr"], "loss": sum(since) / len(since)})
+            since = []
     return sum(tail) / len(tail) if tail else float("nan")
 
 
