@@ -67,6 +67,11 @@ def gpu_configs(m: int, block_k: int, dtype: torch.dtype, precision: str, source
     half operands at m <= 4 also offers the 32-tile block with twice the warps (same registers per
     thread, half the programs); the one-kernel kernel, 5-10x larger and slower to compile, has one."""
     warps = max(4, block_k // 8)
+    if source == "x" and block_k == 16:
+        # the one-kernel program also holds the recomputed transform's temporaries: with 4 warps
+        # (the 16 × 16 accumulators replicated over 2 warp pairs) F(4,3) with the accurate points
+        # needs more than 255 registers and spills 48 bytes on sm_80; 8 warps fit (255 / 243)
+        warps = 8
     out = [FusedConfig(16, 16, warps, 2)]
     if source == "v" and dtype != torch.float32 and m <= 4 and block_k <= 32:
         out.append(FusedConfig(32, 16, 2 * warps, 2))
