@@ -199,3 +199,19 @@ def test_occupancy_from_registers_and_shared_memory():
     assert occupancy(32, 0, 4, h100)[0] == 64                  # the 64-warp ceiling
     assert occupancy(64, 100_000, 4, h100) == (8, "smem")      # 228 KB / (100000 + 1024) -> 2 blocks
     assert occupancy(64, 100_000, 4, a100) == (4, "smem")      # 164 KB -> 1 block
+
+
+def test_committed_compile_record_covers_every_shipped_config():
+    """bench/results/compile_check.json (the last full gate, committed) names exactly the configs
+    the launchers can run now, each ok on both architectures: a config added or changed without
+    rerunning the gate fails here (the gate itself runs in CI, ~35 minutes). The specs are listed
+    without TRITON_INTERPRET, as the gate does (some launch sizes differ under the interpreter)."""
+    code = ("import json; from tritonwino._triton_path import shipped_tiles; "
+            "from tritonwino.kernels.registry import all_compile_specs; "
+            "print(json.dumps([[s.kernel, s.label] for s in all_compile_specs(shipped_tiles())]))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    shipped = {(k, label, arch) for k, label in json.loads(out) for arch in ("sm_80", "sm_90")}
+    rows = json.loads((TESTS_DIR.parent / "bench" / "results" / "compile_check.json").read_text())
+    assert {(r["kernel"], r["config"], r["arch"]) for r in rows} == shipped
+    assert all(r["status"] == "ok" and r["spill_bytes"] == 0 for r in rows)
