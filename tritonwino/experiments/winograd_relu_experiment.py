@@ -217,7 +217,14 @@ class _Arm:
         return 0.01 if self.phase == "spatial" else self.args.winograd_lr
 
 
+def _ordered(rows: list[dict]) -> list[dict]:
+    # a resumed or re-run arm appends its rows at the end: keep files in (method, stage) order
+    rank = {m: i for i, m in enumerate(METHODS)}
+    return sorted(rows, key=lambda r: (rank.get(r["method"], len(rank)), int(r["stage"])))
+
+
 def _write_csv(path: Path, rows: list[dict]) -> None:
+    rows = _ordered(rows)
     keys: list[str] = []
     for r in rows:
         keys.extend(k for k in r if k not in keys)
@@ -352,6 +359,7 @@ TABLE_COLUMNS = ("method", "stage", "phase", "target", "winograd_sparsity", "top
 
 
 def write_table(rows: list[dict], path: Path) -> None:
+    rows = _ordered(rows)
     first = rows[0]
     cpu = sum(float(r["cpu_s"]) for r in rows)
     text = [
