@@ -35,7 +35,7 @@ from ..env import environment
 from ..tables import markdown_table
 from .data import load_dataset
 from .rows import write_rows
-from .training import accuracy
+from .training import accuracy, hooked_eval
 
 __all__ = ["VARIANTS", "Settings", "Variant", "count_ops", "make_model", "plot_results", "run_experiment",
            "tile_imbalance", "write_outputs"]
@@ -165,15 +165,8 @@ def tile_imbalance(model: nn.Module, x: torch.Tensor) -> float | None:
              for mod in model.modules() if isinstance(mod, WinogradAdderConv2d)]
     if not hooks:
         return None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    with hooked_eval(model, hooks):
+        model(x)
     ratios = []
     for y, m in outs:
         nb, k, h, w = y.shape

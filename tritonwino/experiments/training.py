@@ -6,7 +6,8 @@ checkpoints a long run can resume from, light augmentation and a distillation lo
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
-__all__ = ["Batches", "accuracy", "distillation_loss", "random_crop_flip", "train"]
+__all__ = ["Batches", "accuracy", "distillation_loss", "hooked_eval", "random_crop_flip", "train"]
 
 
 class Batches:
@@ -197,6 +198,29 @@ def train(model: nn.Module, batches: Batches, steps: int, lr: float, *,
                            "lr": opt.param_groups[0]["lr"], "loss": sum(since) / len(since)})
             since = []
     return sum(tail) / len(tail) if tail else float("nan")
+
+
+@contextmanager
+def hooked_eval(model: nn.Module, hooks: Sequence[torch.utils.hooks.RemovableHandle]) -> Iterator[None]:
+    """Forward passes inside run in eval mode without gradients; afterwards ``hooks`` are removed
+    and the model's train/eval mode is restored (also on error).
+
+    Example:
+        >>> net, seen = nn.Linear(2, 2), []
+        >>> with hooked_eval(net, [net.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))]):
+        ...     _ = net(torch.ones(1, 2))
+        >>> seen, net.training, len(net._forward_hooks)
+        ([False], True, 0)
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
 
 
 def accuracy(model: nn.Module, data: TensorDataset, device: torch.device | str = "cpu", batch: int = 500) -> float:

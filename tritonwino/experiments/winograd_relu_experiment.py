@@ -71,7 +71,7 @@ from ..pruning import (
 from ..tables import markdown_table
 from .data import load_dataset
 from .models import SmallVGG
-from .training import Batches, accuracy, train
+from .training import Batches, accuracy, hooked_eval, train
 
 __all__ = ["count_multiplications", "main", "parse_args", "plot", "pruned_layer_names", "run", "write_table"]
 
@@ -130,15 +130,8 @@ def count_multiplications(model: nn.Module, names: list[str], x: torch.Tensor, m
     inputs: dict[str, torch.Tensor] = {}
     hooks = [mods[n].register_forward_pre_hook(lambda mod, args, n=n: inputs.__setitem__(n, args[0].detach()))
              for n in names]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    with hooked_eval(model, hooks):
+        model(x)
     nb = x.shape[0]
     tot = {"mults_direct": 0.0, "mults_winograd_dense": 0.0, "mults_weight_sparse": 0.0,
            "mults_weight_act_sparse": 0.0}
