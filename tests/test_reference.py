@@ -38,6 +38,31 @@ def test_gradients_match_conv2d():
         assert torch.allclose(a, e, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("m,r,pad", [(2, 3, 1), (4, 3, 0), (6, 3, 2), (2, 5, 2), (3, 1, 0)])
+def test_input_gradient_gradcheck(m, r, pad):
+    # the input transform's gradient is a GEMM + fold (col2im), not autograd's conv backward:
+    # odd sizes leave partial tiles whose padded rows/columns must get no gradient
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, r, r, dtype=torch.float64)
+    torch.autograd.gradcheck(lambda xx: reference.winograd_conv2d(xx, w, None, pad, m), (x,))
+
+
+@pytest.mark.parametrize("winograd_relu", [False, True])
+def test_input_transform_gradient_matches_autograd_conv(winograd_relu):
+    x = torch.randn(2, 4, 10, 9, dtype=torch.float64, requires_grad=True)
+    v = reference.input_transform(x, 4, 3, (1, 1), winograd_relu=winograd_relu)
+    g = torch.randn_like(v)
+    (got,) = torch.autograd.grad((v * g).sum(), x)
+    # the same transform with autograd's own conv backward
+    xp = F.pad(x, (1, 1 + 3, 1, 1 + 2)).reshape(8, 1, 14, 14)  # 3×3 tiles of 4 need 14×14
+    filters = reference._kron_filters(4, 3, reference.normalize_points(4, 3, None), torch.float64, x.device)
+    ref_v = F.conv2d(xp, filters, stride=4)
+    ref_v = (torch.relu(ref_v) if winograd_relu else ref_v).reshape(2, 4, 36, 9).permute(2, 1, 0, 3).reshape(36, 4, 18)
+    assert torch.equal(v, ref_v)
+    (want,) = torch.autograd.grad((ref_v * g).sum(), x)
+    assert torch.allclose(got, want, atol=1e-12, rtol=1e-12)
+
+
 def test_winograd_conv2d_q_is_differentiable_in_q():
     x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
     q = reference.winograd_weight(torch.randn(3, 2, 3, 3, dtype=torch.float64), 2).requires_grad_()
