@@ -5,6 +5,8 @@ runs of the grid that stop, resume, refuse other settings and rebuild their tabl
 import csv
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -273,6 +275,25 @@ def test_grid_runs_stops_resumes_and_never_retrains_a_finished_stage(tmp_path, m
     assert converged_grid.main(["--out", str(out), "--plot-only"]) == 0
     assert (tmp_path / "grid.md").read_text() == md
     assert os.path.getsize(tmp_path / "grid.png") > 10_000
+
+
+def test_grid_seeds_in_parallel_processes_share_one_out(tmp_path):
+    # one process per seed (a core each) on the same OUT: every row lands, none is overwritten by the
+    # other process's stale copy of the file
+    out = tmp_path / "grid"
+    code = "import sys; from tritonwino.experiments.converged_grid import main; sys.exit(main(sys.argv[1:]))"
+    procs = [subprocess.Popen([sys.executable, "-c", code, *_args(out, "--seeds", s, "--methods", "yu,liu")])
+             for s in ("0", "1")]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    rows = _rows(f"{out}.csv")
+    for seed in ("0", "1"):
+        mine = sorted((r["method"], r["granularity"], r["stage"]) for r in rows if r["seed"] == seed)
+        assert mine == sorted([("dense", "-", "-1")] + [(m, g, k) for m in ("yu", "liu") for g in ("1x1", "16x1")
+                                                        for k in ("0", "1")])
+    assert {(c["network"], c["seed"], c["step"]) for c in _rows(f"{out}_curve.csv")} == {
+        ("dense", s, st) for s in ("0", "1") for st in ("2", "4")}
+    assert converged_grid.main(["--out", str(out), "--plot-only"]) == 0
+    assert "| yu | plain | 1x1 | 0 | 0.5 | 2 |" in (tmp_path / "grid.md").read_text()  # two seeds per mean
 
 
 def test_grid_refuses_other_settings_but_may_grow(tmp_path, monkeypatch):

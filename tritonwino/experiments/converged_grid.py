@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import math
 import os
@@ -105,9 +106,12 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 
 EPILOG = """\
 questions:
-  how long?      About 5 CPU-hours per seed for the defaults on one thread (SmallVGG on the full
-                 Fashion-MNIST: a spatial SGD step 0.06 s, a Winograd-domain one 0.27 s). The
+  how long?      About 3 CPU-hours per seed for the defaults on one thread (SmallVGG on the full
+                 Fashion-MNIST: a spatial SGD step 0.06 s, a Winograd-domain one 0.16 s). The
                  rows' cpu_s and OUT.md give the CPU time actually spent.
+  more cores?    One process per seed (or per group of seeds) on the same --out, e.g.
+                 `--seeds 0 &` and `--seeds 1,2 &`: each writes its own rows into the shared files
+                 (under a lock); the last to finish writes OUT.md / OUT.png from all of them.
   stopped?       Run the same command again: the dense training continues from its last
                  checkpoint (every --eval-every steps), the pruning from its last finished stage.
   other settings? Refused for an existing OUT.state/ (give another --out); adding seeds, methods
@@ -306,6 +310,16 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _update_csv(path: Path, lock_path: Path, drop: Callable[[dict], bool], add: list[dict]) -> list[dict]:
+    """Replace the rows ``drop`` selects by ``add``, re-reading the file under an exclusive lock:
+    processes running other seeds of the same OUT (one per core) write their own rows into it."""
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [r for r in _read_csv(path) if not drop(r)] + add
+        _write_csv(path, rows)
+    return rows
+
+
 def _save(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -314,7 +328,8 @@ def _save(obj: dict, path: Path) -> None:
 
 def _paths(out: Path) -> dict[str, Path]:
     return {"csv": Path(f"{out}.csv"), "curve": Path(f"{out}_curve.csv"), "md": Path(f"{out}.md"),
-            "png": Path(f"{out}.png"), "state": Path(f"{out}.state")}
+            "png": Path(f"{out}.png"), "state": Path(f"{out}.state"),
+            "lock": Path(f"{out}.state") / "rows.lock"}
 
 
 def _config(args: argparse.Namespace) -> dict:
@@ -375,7 +390,6 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
         "triton": env["triton"], "tritonwino": env["tritonwino"],
     }
     rows = _read_csv(paths["csv"])
-    curve = _read_csv(paths["curve"])
     done = {(r["method"], r["recipe"], r["granularity"], int(r["seed"]), int(r["stage"])) for r in rows}
     need_wrelu = any(c.method == "wrelu" for c in grid)
     planned = {(name, "plain", "-", s, -1) for s in seeds for name in ("dense", "dense-wrelu")[:1 + need_wrelu]}
@@ -412,18 +426,18 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
             log(f"seed {seed} {name}: resuming at step {resume['step']} of {dense_steps}")
         start = 0 if resume is None else int(resume["step"])
         # points written after the checkpoint belong to the steps about to be redone
-        curve[:] = [c for c in curve if not (c["network"] == name and int(c["seed"]) == seed
-                                             and int(c["step"]) > start)]
+        _update_csv(paths["curve"], paths["lock"], lambda c: c["network"] == name and int(c["seed"]) == seed
+                    and int(c["step"]) > start, [])
         c0, w0 = time.process_time(), time.perf_counter()
         last: dict = {}
 
         def checkpoint(state: dict) -> None:
             top1 = 100.0 * accuracy(model, te)
             cpu = cpu_before + time.process_time() - c0
-            curve.append({"network": name, "seed": seed, "step": state["step"],
-                          "epoch": round(state["step"] / epoch, 3), "lr": state["lr"],
-                          "train_loss": round(state["loss"], 4), "top1": round(top1, 2), "cpu_s": round(cpu, 1)})
-            _write_csv(paths["curve"], curve)
+            point = {"network": name, "seed": seed, "step": state["step"], "epoch": round(state["step"] / epoch, 3),
+                     "lr": state["lr"], "train_loss": round(state["loss"], 4), "top1": round(top1, 2),
+                     "cpu_s": round(cpu, 1)}
+            _update_csv(paths["curve"], paths["lock"], lambda c: False, [point])
             _save({"model": model.state_dict(), "batches": batches.state(), "train": state, "cpu_s": cpu}, partial)
             last.update(top1=top1, cpu=cpu)
 
@@ -434,11 +448,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
             last.update(top1=100.0 * accuracy(model, te), cpu=cpu_before)
         sp = model_winograd_sparsity(model, m=args.m, layers=_pruned_layers(model, _first_conv(model)))["overall"]
         # the row first, then the final checkpoint: a stop in between redoes (and replaces) the row
-        rows[:] = [r for r in rows if (r["method"], int(r["seed"])) != (name, seed)]
-        rows.append(_row(name, "plain", "-", seed, -1, "dense", 0.0, sp, last["top1"],
-                         last["top1"] if top1_ref is None else top1_ref, last["top1"], last["cpu"], dense_steps,
-                         common))
-        _write_csv(paths["csv"], rows)
+        row = _row(name, "plain", "-", seed, -1, "dense", 0.0, sp, last["top1"],
+                   last["top1"] if top1_ref is None else top1_ref, last["top1"], last["cpu"], dense_steps, common)
+        _update_csv(paths["csv"], paths["lock"], lambda r: (r["method"], int(r["seed"])) == (name, seed), [row])
         _save({"model": model.state_dict(), "top1": last["top1"], "cpu_s": last["cpu"],
                "wall_s": time.perf_counter() - w0}, final)
         partial.unlink(missing_ok=True)
@@ -485,19 +497,19 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
                 top1 = 100.0 * accuracy(model, te)
                 cpu = time.process_time() - c0
                 # the row first, then the checkpoint: a stop in between redoes (and replaces) the stage
-                rows[:] = [r for r in rows if (r["method"], r["recipe"], r["granularity"], int(r["seed"]),
-                                               int(r["stage"])) != (cell.method, cell.recipe, cell.granularity,
-                                                                    seed, k)]
-                rows.append(_row(cell.method, cell.recipe, cell.granularity, seed, k, phase, target, sp, top1,
-                                 top1_dense, top1_start, cpu, stage_steps, common))
-                _write_csv(paths["csv"], rows)
+                key = (cell.method, cell.recipe, cell.granularity, seed, k)
+                _update_csv(paths["csv"], paths["lock"], lambda r, key=key: (r["method"], r["recipe"], r["granularity"],
+                                                              int(r["seed"]), int(r["stage"])) == key,
+                            [_row(cell.method, cell.recipe, cell.granularity, seed, k, phase, target, sp, top1,
+                                  top1_dense, top1_start, cpu, stage_steps, common)])
                 _save({"stage": k, "model": model.state_dict(), "batches": batches.state()}, ck_path)
                 bar.update(1)
                 log(f"seed {seed} {cell.key} stage {k} ({phase}) target {target:.2f}: Winograd sparsity "
                     f"{sp:.4f}, top-1 {top1:.2f}% (dense {top1_dense:.2f}%), CPU {cpu:.0f} s")
     bar.close()
+    rows = _update_csv(paths["csv"], paths["lock"], lambda r: False, [])  # every seed's rows, any process's
     write_table(rows, paths["md"])
-    plot(rows, curve, paths["png"])
+    plot(rows, _read_csv(paths["curve"]), paths["png"])
     total = sum(float(r["cpu_s"]) for r in rows)
     log(f"wrote {paths['csv']}, {paths['curve']}, {paths['md']}, {paths['png']}; CPU time of the grid "
         f"{total / 3600:.2f} h (this invocation {(time.process_time() - t_run) / 3600:.2f} h)")
