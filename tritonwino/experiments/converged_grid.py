@@ -106,8 +106,8 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 
 EPILOG = """\
 questions:
-  how long?      About 3 CPU-hours per seed for the defaults on one thread (SmallVGG on the full
-                 Fashion-MNIST: a spatial SGD step 0.06 s, a Winograd-domain one 0.16 s). The
+  how long?      About 2 CPU-hours per seed for the defaults on one thread (smallvgg-flat on the
+                 full Fashion-MNIST: a spatial SGD step 0.06 s, a Winograd-domain one 0.16 s). The
                  rows' cpu_s and OUT.md give the CPU time actually spent.
   more cores?    One process per seed (or per group of seeds) on the same --out, e.g.
                  `--seeds 0 &` and `--seeds 1,2 &`: each writes its own rows into the shared files
@@ -143,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--granularities", default="1x1,16x1,32x1",
                    help="comma-separated BKxBC pruning granularities; 'spatial' runs at 1x1 only")
     d = ap.add_argument_group("model and data")
-    d.add_argument("--model", default="smallvgg", choices=sorted(MODELS),
+    d.add_argument("--model", default="smallvgg-flat", choices=sorted(MODELS),
                    help="network; the paper's are vgg-nagadomi (CIFAR-10), convpool-cnn-c (CIFAR-100), "
                         "resnet18-max (3x3 stem, for 32x32) and resnet18-max-imagenet")
     d.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
@@ -171,7 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Winograd-sparsity targets of yu's step 1 (the other methods go through these, then "
                         "the Winograd targets)")
     p.add_argument("--winograd-targets", default="0.75,0.8,0.85,0.9", help="targets of yu's step 2")
-    p.add_argument("--stage-epochs", type=float, default=1.0, help="retraining epochs after each pruning stage")
+    p.add_argument("--stage-epochs", type=float, default=0.5, help="retraining epochs after each pruning stage")
     p.add_argument("--spatial-lr", type=float, default=0.01, help="lr of spatial retraining (yu step 1, spatial)")
     p.add_argument("--winograd-lr", type=float, default=3e-4,
                    help="lr of Winograd-domain retraining (yu step 2, li, liu, wrelu; the probe in "

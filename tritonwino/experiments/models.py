@@ -56,9 +56,12 @@ def _vgg_features(cfg: Sequence[int | str], in_channels: int, batch_norm: bool) 
 
 class SmallVGG(nn.Module):
     """VGG-style: ``widths`` 3×3/s1/p1 conv(+BN)+ReLU stages, each followed by MaxPool2d(2) where
-    ``cfg`` says "M"; then global average pooling and a linear classifier.
+    ``cfg`` says "M"; then average pooling to ``head_pool`` × ``head_pool`` (1: global) and a
+    linear classifier.
 
-    Default cfg (16, "M", 32, 32, "M", 64) on 28×28 gives 28→14→7.
+    Default cfg (16, "M", 32, 32, "M", 64) on 28×28 gives 28→14→7; ``head_pool=7`` (smallvgg-flat)
+    keeps the whole 7×7 map for the classifier, which the converged pruning grid needs to pass 92%
+    on Fashion-MNIST (docs/pruning.md).
     """
 
     def __init__(
@@ -67,16 +70,18 @@ class SmallVGG(nn.Module):
         in_channels: int = 1,
         cfg: Sequence[int | str] = (16, "M", 32, 32, "M", 64),
         batch_norm: bool = True,
+        head_pool: int = 1,
     ):
         super().__init__()
         _check_pos_int("num_classes", num_classes)
         _check_pos_int("in_channels", in_channels)
+        _check_pos_int("head_pool", head_pool)
         widths = [v for v in cfg if v != "M"]
         if not widths:
             raise ValueError("cfg needs at least one conv width")
         self.features = _vgg_features(cfg, in_channels, batch_norm)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(int(widths[-1]), num_classes)
+        self.pool = nn.AdaptiveAvgPool2d(head_pool)
+        self.classifier = nn.Linear(int(widths[-1]) * head_pool * head_pool, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
@@ -273,6 +278,7 @@ def conv_pool_cnn_c(num_classes: int = 100, in_channels: int = 3) -> nn.Module:
 # name -> builder(num_classes, in_channels); the grid's --model choices
 MODELS: dict[str, Callable[[int, int], nn.Module]] = {
     "smallvgg": lambda nc, c: SmallVGG(nc, c),
+    "smallvgg-flat": lambda nc, c: SmallVGG(nc, c, head_pool=7),
     "smallvgg-wide": lambda nc, c: SmallVGG(nc, c, cfg=(32, "M", 64, 64, "M", 128)),
     "vgg-nagadomi": vgg_nagadomi,
     "convpool-cnn-c": conv_pool_cnn_c,
@@ -282,6 +288,7 @@ MODELS: dict[str, Callable[[int, int], nn.Module]] = {
 
 MODEL_DESCRIPTIONS = {
     "smallvgg": "SmallVGG(16,M,32,32,M,64)+BN",
+    "smallvgg-flat": "SmallVGG(16,M,32,32,M,64)+BN, 7x7 linear head",
     "smallvgg-wide": "SmallVGG(32,M,64,64,M,128)+BN",
     "vgg-nagadomi": "VGG-nagadomi (Yu et al. CIFAR-10)",
     "convpool-cnn-c": "ConvPool-CNN-C (Yu et al. CIFAR-100)",
