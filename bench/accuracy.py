@@ -16,6 +16,8 @@ fp32 / fp16 / bf16 × ``points`` standard / accurate × path:
 - ``triton``: the Triton kernels (separable generated transforms; under the interpreter on a CPU,
   exact IEEE fp32 arithmetic) for both summation orders in the transforms (``natural`` and
   ``magnitude``: smallest |coefficient| first);
+- for fp16/bf16 also ``split_operands=True`` on both paths (V and Q as half hi + lo pairs, three
+  products; ``tritonwino.functional.winograd_conv2d``);
 both on the reference layer (N, C, K, H, W) = (1, 64, 64, 24, 24), padding 1, --trials layers.
 Targets (issue 14, accurate points): F(4,3) ≤ 3.0× fp32 and ≤ 4.0× fp16; F(6,3) ≤ 10× in both.
 
@@ -56,9 +58,11 @@ def usable(m: int, dtype: str) -> bool:
 def measure_all(trials: int, triton: bool) -> list[dict]:
     rows = []
     block = reference.CHANNEL_BLOCK
-    runs = [("torch", DEFAULT_SHAPE, "natural", block), ("torch", DEFAULT_SHAPE, "natural", None)]
+    runs = [("torch", DEFAULT_SHAPE, "natural", block, False), ("torch", DEFAULT_SHAPE, "natural", None, False),
+            ("torch", DEFAULT_SHAPE, "natural", block, True)]
     if triton:
-        runs += [("triton", DEFAULT_SHAPE, "natural", None), ("triton", DEFAULT_SHAPE, "magnitude", None)]
+        runs += [("triton", DEFAULT_SHAPE, "natural", None, False), ("triton", DEFAULT_SHAPE, "magnitude", None, False),
+                 ("triton", DEFAULT_SHAPE, "natural", None, True)]
     for m in TILES:
         for dname, dtype in DTYPES.items():
             if not usable(m, dname):
@@ -66,19 +70,22 @@ def measure_all(trials: int, triton: bool) -> list[dict]:
             for pname in ("standard", "accurate"):
                 pts = normalize_points(m, 3, pname)
                 same = pname == "accurate" and pts == normalize_points(m, 3, "standard")
-                for path, shape, order, cblock in runs:
+                for path, shape, order, cblock, split in runs:
+                    if split and dname == "float32":
+                        continue  # split_operands concerns half operands only
                     backend = "triton" if path == "triton" else "torch"
                     _triton_path.SUMMATION_ORDER = order
                     reference.CHANNEL_BLOCK = cblock or 1 << 30
                     try:
-                        res = error_ratio(m, 3, pts, dtype, backend=backend, seed=SEED, shape=shape, trials=trials)
+                        res = error_ratio(m, 3, pts, dtype, backend=backend, seed=SEED, shape=shape, trials=trials,
+                                          split_operands=split)
                     finally:
                         _triton_path.SUMMATION_ORDER = "natural"
                         reference.CHANNEL_BLOCK = block
                     target = TARGETS.get((m, dname)) if pname == "accurate" else None
                     rows.append({
                         "tile": f"F({m},3)", "points": pname, "point_values": " ".join(map(str, pts)),
-                        "accurate_is_standard": same, "dtype": dname, "path": path,
+                        "accurate_is_standard": same, "dtype": dname, "path": path, "split_operands": split,
                         "order": order if backend == "triton" else "",
                         "channel_block": (cblock or "none") if backend == "torch" else "",
                         "ratio": round(res["ratio"], 4), "ratio_arith": round(res["ratio_arith"], 4),
@@ -89,6 +96,7 @@ def measure_all(trials: int, triton: bool) -> list[dict]:
                     })
                     r = rows[-1]
                     print(f"{r['tile']} {pname:8s} {dname:8s} {path:7s} {r['order']:9s} {r['channel_block']!s:5s} "
+                          f"{'split' if split else '':5s} "
                           f"ratio {r['ratio']:8.3f}  arith {r['ratio_arith']:8.3f}", file=sys.stderr, flush=True)
     return rows
 
@@ -96,16 +104,20 @@ def measure_all(trials: int, triton: bool) -> list[dict]:
 def summary_table(rows: list[dict]) -> list[str]:
     """Ratio per tile × dtype × points × path (torch: blocked channel sums, then one sequential sum;
     triton: natural order)."""
-    cols = [("torch", "32"), ("torch", "none"), ("triton", "")]
+    cols = [("torch", "32", False), ("torch", "none", False), ("triton", "", False), ("torch", "32", True),
+            ("triton", "", True)]
     cols = [c for c in cols if any(r["path"] == c[0] for r in rows)]
-    names = {("torch", "32"): "torch", ("torch", "none"): "torch, one sum over C", ("triton", ""): "triton"}
+    names = {("torch", "32", False): "torch", ("torch", "none", False): "torch, one sum over C",
+             ("triton", "", False): "triton", ("torch", "32", True): "torch, split operands",
+             ("triton", "", True): "triton, split operands"}
     out = ["| tile | dtype | points | " + " | ".join(names[c] for c in cols) + " | target |",
            "|---|---|---|" + "---|" * len(cols) + "---|"]
     for m in TILES:
         for dname in DTYPES:
             for pname in ("standard", "accurate"):
-                sel = {(r["path"], str(r["channel_block"])): r for r in rows if r["tile"] == f"F({m},3)"
-                       and r["dtype"] == dname and r["points"] == pname and r["order"] in ("", "natural")}
+                sel = {(r["path"], str(r["channel_block"]), r["split_operands"]): r for r in rows
+                       if r["tile"] == f"F({m},3)" and r["dtype"] == dname and r["points"] == pname
+                       and r["order"] in ("", "natural")}
                 if not sel:
                     continue
                 cells = [f"{sel[c]['ratio']:.2f}×" if c in sel else "-" for c in cols]
@@ -129,11 +141,14 @@ def plot(rows: list[dict], path: Path) -> None:
             if not usable(m, dname):
                 continue
             labels.append(f"F({m},3)")
-            for pname in ("standard", "accurate"):
+            for pname, split in (("standard", False), ("accurate", False), ("accurate", True)):
                 for p in ("torch", "triton"):
                     r = [x for x in rows if x["tile"] == f"F({m},3)" and x["dtype"] == dname and x["points"] == pname
-                         and x["path"] == p and x["order"] in ("", "natural") and x["channel_block"] != "none"]
-                    series.setdefault(f"{pname} / {p}", []).append(r[0]["ratio"] if r else float("nan"))
+                         and x["path"] == p and x["order"] in ("", "natural") and x["channel_block"] != "none"
+                         and x["split_operands"] == split]
+                    name = f"{pname}{' split' if split else ''} / {p}"
+                    if r or not split:
+                        series.setdefault(name, []).append(r[0]["ratio"] if r else float("nan"))
         width = 0.8 / max(1, len(series))
         for i, (name, vals) in enumerate(series.items()):
             ax.bar([j + i * width for j in range(len(vals))], vals, width, label=name)
@@ -176,7 +191,8 @@ def main(argv=None) -> int:
           f"{DEFAULT_SHAPE} (N, C, K, H, W), 3×3, padding 1.\n",
           "## Summary\n", *summary_table(rows), "",
           "## All rows\n",
-          markdown_table(rows, ["tile", "points", "point_values", "dtype", "path", "order", "channel_block", "ratio",
+          markdown_table(rows, ["tile", "points", "point_values", "dtype", "path", "split_operands", "order",
+                                "channel_block", "ratio",
                                 "ratio_arith",
                                 "target", "meets_target", "shape_NCKHW"])]
     (out / "accuracy.md").write_text("\n".join(md) + "\n")

@@ -36,7 +36,7 @@ from .kernels.codegen import TileSpec
 from .kernels.fused_multiply import GPU_MAX_M, dense_block_k, fused_multiply
 from .kernels.input_transform import input_transform
 from .packing import PackedWinogradWeight
-from .reference import tile_grid
+from .reference import split_operand, tile_grid
 from .transforms import ACCURATE_POINTS, tile_size, winograd_matrices_exact
 from .tuning import select
 
@@ -212,10 +212,12 @@ class SparseCall:
 def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
                     m: int, r: int, pts: tuple[Fraction, ...], relu: bool = False,
                     allow_tf32: bool = False, winograd_relu: bool = False,
-                    decomposition: dwm.Decomposition | None = None) -> torch.Tensor:
+                    decomposition: dwm.Decomposition | None = None, split_operands: bool = False) -> torch.Tensor:
     """Dense Winograd convolution with a position-major Winograd-domain weight ``q_pck`` (P, C, K)
     (C = input channels · pieces for a decomposed convolution, whose ``r`` is the piece size):
-    the input transform, then the dense fused multiply."""
+    the input transform, then the dense fused multiply. ``split_operands`` (half inputs): V in
+    fp32, then three launches of the same kernel — (V_hi, Q_hi), (V_lo, Q_hi), (V_hi, Q_lo) — into
+    fp32 outputs summed once (the output transform is linear; ReLU after the sum)."""
     p, c, k = q_pck.shape
     check_triton_dtype(x.dtype)
     check_gpu_tile(m, x)
@@ -225,14 +227,18 @@ def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | N
                          f"input of {x.shape[1]} channels" + (f" in {pieces} pieces" if pieces > 1 else ""))
     _checks.check_tile_dtype(m, r, x.dtype, q_pck.dtype)
     check_index_range(x, k, c, m, r, padding, decomposition)
-    q = q_pck.to(_checks.operand_dtype(x.dtype)).contiguous()
+    opd = _checks.operand_dtype(x.dtype)
     nb, _, h, w = x.shape
     ho, wo = _checks.conv_output_size(h, w, r, padding, decomposition)
     tiles = tile_grid(ho, wo, m)
     spec = tile_spec(m, r, pts)
+    bk, b = dense_block_k(k), kernel_bias(bias)
+    if split_operands and opd in (torch.float16, torch.bfloat16):
+        return _split_dense(x, q_pck, b, padding, k, c, spec, tiles, (ho, wo), bk, relu, allow_tf32, winograd_relu,
+                            decomposition)
+    q = q_pck.to(opd).contiguous()
     v = transform_input(x, spec, padding, tiles, q.dtype, winograd_relu, decomposition, (ho, wo))
     y = _checks.empty_output(x, k, ho, wo)
-    bk, b = dense_block_k(k), kernel_bias(bias)
 
     def launch(cfg):
         return fused_multiply(v, spec, "v", (q,), bk, c, tiles, y, b, relu, padding, allow_tf32, False, cfg)
@@ -240,13 +246,35 @@ def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | N
     return launch(select.dense_config(v, q, m, r, allow_tf32, launch))
 
 
+def _split_dense(x, q_pck, b, padding, k, c, spec, tiles, out_size, bk, relu, allow_tf32, winograd_relu,
+                 decomposition) -> torch.Tensor:
+    opd = _checks.operand_dtype(x.dtype)
+    v32 = transform_input(x, spec, padding, tiles, torch.float32, winograd_relu, decomposition, out_size)
+    (v_hi, v_lo), (q_hi, q_lo) = (split_operand(t, opd) for t in (v32, q_pck.to(torch.float32)))
+    q_hi, q_lo = q_hi.contiguous(), q_lo.contiguous()
+    fmt = _checks.memory_format_of(x)
+
+    def launch(cfg, v=v_hi, q=q_hi, bias=b):
+        y = torch.empty((x.shape[0], k, *out_size), dtype=torch.float32, device=x.device, memory_format=fmt)
+        return fused_multiply(v, spec, "v", (q,), bk, c, tiles, y, bias, False, padding, allow_tf32, False, cfg)
+
+    cfg = select.dense_config(v_hi, q_hi, spec.m, spec.r, allow_tf32, launch)
+    y = launch(cfg) + launch(cfg, v=v_lo, bias=None) + launch(cfg, q=q_lo, bias=None)
+    if relu:
+        y = torch.relu(y)
+    return y.to(x.dtype).contiguous(memory_format=fmt)
+
+
 def sparse_winograd_conv2d(x: torch.Tensor, packed: PackedWinogradWeight, bias: torch.Tensor | None,
                            padding: tuple[int, int], relu: bool = False, allow_tf32: bool = False,
-                           winograd_relu: bool = False, path: str | None = None) -> torch.Tensor:
+                           winograd_relu: bool = False, path: str | None = None,
+                           split_operands: bool = False) -> torch.Tensor:
     """Sparse Winograd convolution with a validated ``PackedWinogradWeight``. ``path`` forces one of
     :data:`PATHS` (default: ``select.sparse_path``'s choice for this shape); ``winograd_relu``
     applies a ReLU to V (Liu et al. 2018: y = Aᵀ[Q ⊙ ReLU(Bᵀ X B)]A). A decomposed weight
-    (``packed.dwm``) runs the two-kernel path: ``path="one-kernel"`` is refused for it."""
+    (``packed.dwm``) runs the two-kernel path: ``path="one-kernel"`` is refused for it.
+    ``split_operands`` (half inputs) runs the two-kernel path three times as the dense split does
+    (the values gain a lo part only if the packed weight is fp32)."""
     check_triton_dtype(x.dtype)
     check_gpu_tile(packed.m, x)  # before the field checks: the first thing a GPU user with F(6, r) should read
     packed.check_fields()
@@ -260,8 +288,35 @@ def sparse_winograd_conv2d(x: torch.Tensor, packed: PackedWinogradWeight, bias: 
         # arrays only. A view loaded from a file or built by hand may have other strides.
         packed = dataclasses.replace(packed, indices=packed.indices.contiguous(),
                                      offsets=packed.offsets.contiguous(), _cast_cache=packed._cast_cache)
-    call = SparseCall(x, packed, packed.values_as(_checks.operand_dtype(x.dtype)), bias, padding, relu,
-                      allow_tf32, winograd_relu)
+    opd = _checks.operand_dtype(x.dtype)
+    if split_operands and opd in (torch.float16, torch.bfloat16):
+        if path == "one-kernel":
+            raise ValueError("split_operands runs the two-kernel path (V must exist in fp32 to be split)")
+        return _split_sparse(x, packed, bias, padding, relu, allow_tf32, winograd_relu)
+    call = SparseCall(x, packed, packed.values_as(opd), bias, padding, relu, allow_tf32, winograd_relu)
     if path is None:
         path = select.sparse_path(call).path
     return call.run(path, select.sparse_config(call, path))
+
+
+def _split_sparse(x: torch.Tensor, packed: PackedWinogradWeight, bias: torch.Tensor | None, padding: tuple[int, int],
+                  relu: bool, allow_tf32: bool, winograd_relu: bool) -> torch.Tensor:
+    opd = _checks.operand_dtype(x.dtype)
+    hi, lo = (t.contiguous() for t in split_operand(packed.values_as(torch.float32), opd))
+    call, call_lo = (SparseCall(x, packed, vals, b, padding, False, allow_tf32, winograd_relu)
+                     for vals, b in ((hi, bias), (lo, None)))
+    v32 = transform_input(x, call.spec, padding, call.tiles, torch.float32, winograd_relu, call.decomposition,
+                          (call.ho, call.wo))
+    v_hi, v_lo = split_operand(v32, opd)
+    cfg = select.sparse_config(call, "two-kernel")
+    fmt = _checks.memory_format_of(x)
+
+    def out() -> torch.Tensor:
+        return torch.empty((x.shape[0], packed.K, call.ho, call.wo), dtype=torch.float32, device=x.device,
+                           memory_format=fmt)
+
+    y = (call.multiply(v_hi, "v", cfg, out()) + call.multiply(v_lo, "v", cfg, out())
+         + call_lo.multiply(v_hi, "v", cfg, out()))
+    if relu:
+        y = torch.relu(y)
+    return y.to(x.dtype).contiguous(memory_format=fmt)

@@ -85,6 +85,7 @@ def winograd_conv2d(
     allow_tf32: bool = False,
     winograd_relu: bool = False,
     decompose: bool | None = None,
+    split_operands: bool = False,
 ) -> torch.Tensor:
     """Dense Winograd convolution: F(m×m, r×r) with r taken from ``weight``, or, for stride 2 and
     kernels larger than 3×3, the decomposable Winograd method (``tritonwino.dwm``): the kernel
@@ -112,6 +113,11 @@ def winograd_conv2d(
             the tile grid.
         decompose: ``None`` (auto: decomposed for stride 2, even kernels and kernels > 3),
             ``True`` or ``False`` (a stride-1 kernel as one F(m, k) tile); see ``tritonwino.dwm.plan``.
+        split_operands: for float16/bfloat16 inputs, carry V and Q as half hi + lo pairs and
+            multiply hi·hi + lo·hi + hi·lo (3× the Winograd-domain products; on Triton three
+            launches into fp32 outputs): the error of the fp16 operand rounding is gone (F(4,3)
+            accurate 4.2× → 1.0× a direct convolution's, F(6,3) 15.4× → 1.0×; README, Accuracy).
+            No effect for float32/float64 inputs.
 
     Returns:
         (N, K, HO, WO) in ``x``'s dtype and layout.
@@ -144,15 +150,17 @@ def winograd_conv2d(
     be = resolve_backend(backend, x, weight, bias, m=m)
     if _needs_grad(x, weight, bias):
         return reference.winograd_conv2d(x, weight, bias, pad, m, pts, relu, winograd_relu=winograd_relu,
-                                         stride=s, decompose=decompose)
+                                         stride=s, decompose=decompose, split_operands=split_operands)
     n = tile_size(m, r)
     w = weight.detach() if d is None else dwm.expand_weight(weight.detach(), d)
     cv = w.shape[1]
     q = reference.winograd_weight(w, m, pts)  # float64, then cast once
-    # cast straight from float64 to what the GEMM reads (no double rounding through fp32)
-    q_pck = q.permute(2, 3, 1, 0).reshape(n * n, cv, k).to(_checks.operand_dtype(x.dtype)).contiguous()
+    # cast straight from float64 to what the GEMM reads (no double rounding through fp32); a split
+    # keeps fp32 so that Q has a lo part
+    q_dtype = _checks.accum_dtype(x.dtype) if split_operands else _checks.operand_dtype(x.dtype)
+    q_pck = q.permute(2, 3, 1, 0).reshape(n * n, cv, k).to(q_dtype).contiguous()
     return ops.winograd_conv2d_pck_call(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32,
-                                        winograd_relu, None if d is None else d.key())
+                                        winograd_relu, None if d is None else d.key(), split_operands)
 
 
 def winograd_conv2d_pck(
@@ -169,11 +177,13 @@ def winograd_conv2d_pck(
     allow_tf32: bool = False,
     winograd_relu: bool = False,
     decomposition: tuple[int, int] | None = None,
+    split_operands: bool = False,
 ) -> torch.Tensor:
     """Dense Winograd convolution from a Winograd-domain weight already laid out position-major,
     ``q_pck`` (P, C, K) with P = n², built for F(m, r) with ``points`` (what a converted layer
     keeps, so no per-call transform of the weight). ``decomposition = (kernel, stride)`` when
     ``q_pck`` is a decomposed convolution's (C = input channels · pieces, ``tritonwino.dwm``).
+    ``split_operands`` as in :func:`winograd_conv2d`; Q gains only if ``q_pck`` is kept in fp32.
 
     Example:
         >>> from tritonwino import reference
@@ -197,9 +207,9 @@ def winograd_conv2d_pck(
     _checks.check_same_device(x=x, q=q_pck, bias=bias)
     be = resolve_backend(backend, x, q_pck, bias, m=m)
     if _needs_grad(x, q_pck, bias):
-        return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts, relu, winograd_relu, d)
+        return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts, relu, winograd_relu, d, split_operands)
     return ops.winograd_conv2d_pck_call(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32,
-                                        winograd_relu, None if d is None else d.key())
+                                        winograd_relu, None if d is None else d.key(), split_operands)
 
 
 def sparse_winograd_conv2d(
@@ -212,6 +222,7 @@ def sparse_winograd_conv2d(
     relu: bool = False,
     allow_tf32: bool = False,
     winograd_relu: bool = False,
+    split_operands: bool = False,
 ) -> torch.Tensor:
     """Sparse Winograd convolution: input transform -> multiply that skips pruned weights -> output
     transform.
@@ -227,6 +238,8 @@ def sparse_winograd_conv2d(
         relu: fuse a ReLU into the output transform.
         allow_tf32: let fp32 GEMMs use tf32 tensor cores on a GPU.
         winograd_relu: ``Aᵀ[Q ⊙ ReLU(Bᵀ X B)]A`` (Liu et al.; fused into the input transform on Triton).
+        split_operands: as in :func:`winograd_conv2d` (half inputs; the packed values gain a lo part
+            only when ``packed`` holds fp32 values; on Triton the two-kernel path, three launches).
 
     Example:
         >>> from tritonwino.sparse_conv import pack_winograd_weight
@@ -254,11 +267,11 @@ def sparse_winograd_conv2d(
         # validated once per array version; the cached object keeps the torch path's padded slabs
         cached = packed_from_arrays(packed.values, packed.indices, packed.offsets, packed.m, packed.r, packed.K,
                                     packed.C, packed.block, packed.group_k, packed.points, packed.decomposition)
-        return reference.sparse_winograd_conv2d(x, cached, bias, pad, relu, winograd_relu)
-    if be == "triton" and x.is_cuda and torch.compiler.is_compiling():
+        return reference.sparse_winograd_conv2d(x, cached, bias, pad, relu, winograd_relu, split_operands)
+    if be == "triton" and x.is_cuda and torch.compiler.is_compiling() and not split_operands:
         # let Inductor see the kernels (a triton_op); the opaque custom op below everywhere else
         return ops.sparse_winograd_conv2d_traceable(x, packed, bias, pad, relu, allow_tf32, winograd_relu)
     return ops.sparse_winograd_conv2d_call(
         x, packed.values, packed.indices, packed.offsets, bias, list(pad), [packed.m, packed.r],
         [packed.K, packed.C], list(packed.block), ops.points_str(packed.points), be, relu, allow_tf32,
-        winograd_relu, None if packed.decomposition is None else list(packed.decomposition))
+        winograd_relu, None if packed.decomposition is None else list(packed.decomposition), split_operands)

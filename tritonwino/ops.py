@@ -6,11 +6,13 @@ into Triton launchers) and is tested with ``torch.library.opcheck``. The public 
 whichever it uses. Schemas carry only what the tensors do not already say:
 
 * ``tritonwino::sparse_winograd_conv2d(x, values, indices, offsets, bias, padding[2], tile[2] = (m, r),
-  channels[2] = (K, C), block[2], points, backend, relu, allow_tf32, winograd_relu=False, dwm=None)``
-  — the group size is ``values.shape[1]``, the number of kept slots ``indices.numel()``.
+  channels[2] = (K, C), block[2], points, backend, relu, allow_tf32, winograd_relu=False, dwm=None,
+  split_operands=False)`` — the group size is ``values.shape[1]``, the number of kept slots
+  ``indices.numel()``.
 * ``tritonwino::winograd_conv2d_pck(x, q_pck, bias, padding[2], tile[2], points, backend, relu,
-  allow_tf32, winograd_relu=False, dwm=None)`` — dense, from the position-major Winograd-domain
-  weight ``q_pck`` (P, C, K).
+  allow_tf32, winograd_relu=False, dwm=None, split_operands=False)`` — dense, from the
+  position-major Winograd-domain weight ``q_pck`` (P, C, K); ``split_operands``: half V and Q as
+  hi + lo pairs (``q_pck`` then in fp32, so that Q has a lo part).
 * ``tritonwino::sparse_winograd_conv2d_triton`` — a ``torch.library.triton_op``: the sparse Triton
   path with its kernel path and config already chosen, its launches wrapped with ``wrap_triton`` so
   that Inductor sees (and can schedule around) the kernels. The functional form uses it for CUDA
@@ -87,7 +89,7 @@ def _sparse_impl(
     x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
     bias: torch.Tensor | None, padding: list[int], tile: list[int], channels: list[int], block: list[int],
     points: str, backend: str, relu: bool, allow_tf32: bool, winograd_relu: bool = False,
-    dwm: list[int] | None = None,
+    dwm: list[int] | None = None, split_operands: bool = False,
 ) -> torch.Tensor:
     _check_backend(backend)
     pad, (m, r), (k, c) = _pair(padding, "padding"), _pair(tile, "tile"), _pair(channels, "channels")
@@ -100,11 +102,12 @@ def _sparse_impl(
         _cpu_path.check_cpu_dtype(x.dtype)
         backend = "torch"
     if backend == "triton":
-        y = _triton_path.sparse_winograd_conv2d(x, packed, bias, pad, relu, allow_tf32, winograd_relu)
-    elif backend == "cpu":
+        y = _triton_path.sparse_winograd_conv2d(x, packed, bias, pad, relu, allow_tf32, winograd_relu,
+                                                split_operands=split_operands)
+    elif backend == "cpu":  # fp32 only: split_operands changes nothing
         y = _cpu_path.sparse_winograd_conv2d(x, packed, bias, pad, relu)
     else:
-        y = reference.sparse_winograd_conv2d(x, packed, bias, pad, relu, winograd_relu)
+        y = reference.sparse_winograd_conv2d(x, packed, bias, pad, relu, winograd_relu, split_operands)
     return y.clone() if y is x else y  # custom ops may not return an alias of an input
 
 
@@ -113,10 +116,10 @@ def sparse_winograd_conv2d_op(
     x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
     bias: torch.Tensor | None, padding: list[int], tile: list[int], channels: list[int], block: list[int],
     points: str, backend: str, relu: bool, allow_tf32: bool, winograd_relu: bool = False,
-    dwm: list[int] | None = None,
+    dwm: list[int] | None = None, split_operands: bool = False,
 ) -> torch.Tensor:
     return _sparse_impl(x, values, indices, offsets, bias, padding, tile, channels, block, points, backend, relu,
-                        allow_tf32, winograd_relu, dwm)
+                        allow_tf32, winograd_relu, dwm, split_operands)
 
 
 def sparse_winograd_conv2d_call(*args) -> torch.Tensor:
@@ -131,7 +134,7 @@ def sparse_winograd_conv2d_call(*args) -> torch.Tensor:
 
 @sparse_winograd_conv2d_op.register_fake
 def _sparse_fake(x, values, indices, offsets, bias, padding, tile, channels, block, points, backend, relu,
-                 allow_tf32, winograd_relu=False, dwm=None):
+                 allow_tf32, winograd_relu=False, dwm=None, split_operands=False):
     _check_backend(backend)
     (k, c), (_, r) = _pair(channels, "channels"), _pair(tile, "tile")
     d = _decomposition(dwm, r, c)
@@ -146,7 +149,7 @@ def _sparse_fake(x, values, indices, offsets, bias, padding, tile, channels, blo
 def _dense_impl(
     x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | None, padding: list[int], tile: list[int],
     points: str, backend: str, relu: bool, allow_tf32: bool, winograd_relu: bool = False,
-    dwm: list[int] | None = None,
+    dwm: list[int] | None = None, split_operands: bool = False,
 ) -> torch.Tensor:
     _check_backend(backend)
     pad, (m, r) = _pair(padding, "padding"), _pair(tile, "tile")
@@ -163,20 +166,24 @@ def _dense_impl(
         _cpu_path.check_cpu_dtype(x.dtype)
         backend = "torch"
     if backend == "torch":
-        return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts or None, relu, winograd_relu, d)
+        return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts or None, relu, winograd_relu, d,
+                                             split_operands)
     fr = normalize_points(m, r, tuple(Fraction(s) for s in pts) if pts else None)
     if backend == "cpu":
+        # fp32 only (check_cpu_dtype): split_operands concerns half operands and changes nothing here
         return _cpu_path.winograd_conv2d(x, q_pck, bias, pad, m, r, fr, relu)
-    return _triton_path.winograd_conv2d(x, q_pck, bias, pad, m, r, fr, relu, allow_tf32, winograd_relu, d)
+    return _triton_path.winograd_conv2d(x, q_pck, bias, pad, m, r, fr, relu, allow_tf32, winograd_relu, d,
+                                        split_operands)
 
 
 @torch.library.custom_op("tritonwino::winograd_conv2d_pck", mutates_args=())
 def winograd_conv2d_pck_op(
     x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | None, padding: list[int], tile: list[int],
     points: str, backend: str, relu: bool, allow_tf32: bool, winograd_relu: bool = False,
-    dwm: list[int] | None = None,
+    dwm: list[int] | None = None, split_operands: bool = False,
 ) -> torch.Tensor:
-    y = _dense_impl(x, q_pck, bias, padding, tile, points, backend, relu, allow_tf32, winograd_relu, dwm)
+    y = _dense_impl(x, q_pck, bias, padding, tile, points, backend, relu, allow_tf32, winograd_relu, dwm,
+                    split_operands)
     return y.clone() if y is x else y
 
 
@@ -189,7 +196,8 @@ def winograd_conv2d_pck_call(*args) -> torch.Tensor:
 
 
 @winograd_conv2d_pck_op.register_fake
-def _dense_fake(x, q_pck, bias, padding, tile, points, backend, relu, allow_tf32, winograd_relu=False, dwm=None):
+def _dense_fake(x, q_pck, bias, padding, tile, points, backend, relu, allow_tf32, winograd_relu=False, dwm=None,
+                split_operands=False):
     _check_backend(backend)
     r = _pair(tile, "tile")[1]
     d = _decomposition(dwm, r, q_pck.shape[1])

@@ -48,11 +48,12 @@ def _data(shape: Sequence[int], r: int, seed: int) -> tuple[torch.Tensor, torch.
 
 def error_ratio(m: int, r: int = 3, points: Sequence[object] | str | None = None,
                 dtype: torch.dtype = torch.float32, *, backend: str = "torch", seed: int = 0,
-                shape: Sequence[int] = DEFAULT_SHAPE, trials: int = 1) -> dict:
+                shape: Sequence[int] = DEFAULT_SHAPE, trials: int = 1, split_operands: bool = False) -> dict:
     """Mean absolute error of ``winograd_conv2d(..., m, points=points, backend=backend)`` over that of
     ``F.conv2d`` in ``dtype``, both on the same dtype-rounded fp32 uniform[−1, 1] data (module doc).
 
-    ``shape`` is (N, C, K, H, W); padding r // 2; ``trials`` layers drawn from ``seed``. Returns
+    ``shape`` is (N, C, K, H, W); padding r // 2; ``trials`` layers drawn from ``seed``;
+    ``split_operands`` is :func:`tritonwino.functional.winograd_conv2d`'s. Returns
     ``{"ratio", "ratio_arith", "winograd_mae", "direct_mae"}`` (on a CUDA machine the Triton backend
     runs on the GPU, the rest on the CPU).
     """
@@ -66,7 +67,8 @@ def error_ratio(m: int, r: int = 3, points: Sequence[object] | str | None = None
         x, w = x32.to(dtype), w32.to(dtype)
         ref = F.conv2d(x32.double(), w32.double(), padding=pad)
         ref_a = F.conv2d(x.double(), w.double(), padding=pad)
-        y = winograd_conv2d(x.to(device), w.to(device), None, pad, m, backend=backend, points=points)
+        y = winograd_conv2d(x.to(device), w.to(device), None, pad, m, backend=backend, points=points,
+                            split_operands=split_operands)
         y = y.double().cpu()
         d = F.conv2d(x, w, padding=pad).double()
         wino += float((y - ref).abs().mean())

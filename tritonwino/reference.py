@@ -34,6 +34,8 @@ __all__ = [
     "winograd_conv2d_pck",
     "input_transform",
     "winograd_gemm",
+    "split_gemm",
+    "split_operand",
     "output_transform",
     "tile_grid",
 ]
@@ -175,6 +177,25 @@ def input_transform(
 CHANNEL_BLOCK = 32
 
 
+def split_operand(t: torch.Tensor, operand: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t ≈ hi + lo`` with both parts in the half ``operand`` dtype: ``hi`` is t rounded, ``lo`` the
+    rounded remainder (t's own precision is fp32 or better). Products of half values are exact in
+    fp32, so ``hi·hi' + lo·hi' + hi·lo'`` carries ~21 bits of each operand instead of 11 (8 for
+    bf16); the dropped ``lo·lo'`` is 2⁻²² relative."""
+    hi = t.to(operand)
+    return hi, (t - hi.to(t.dtype)).to(operand)
+
+
+def split_gemm(v: torch.Tensor, q_pck: torch.Tensor, operand: torch.dtype) -> torch.Tensor:
+    """``winograd_gemm`` with split half operands (``split_operand``): three GEMMs of half values,
+    accumulated in fp32 — what the Triton path's three launches compute. v (P, C, T) and q_pck
+    (P, C, K) in fp32; a q_pck that was already half has lo = 0 (only V gains)."""
+    acc = v.dtype
+    (vh, vl), (qh, ql) = split_operand(v, operand), split_operand(q_pck, operand)
+    vh, vl, qh, ql = vh.to(acc), vl.to(acc), qh.to(acc), ql.to(acc)
+    return winograd_gemm(vh, qh) + winograd_gemm(vl, qh) + winograd_gemm(vh, ql)
+
+
 def winograd_gemm(v: torch.Tensor, q_pck: torch.Tensor) -> torch.Tensor:
     """``M_p = Q_pᵀ V_p`` for every position: v (P, C, T), q_pck (P, C, K) -> M (P, K, T), summed over
     C in blocks of ``CHANNEL_BLOCK`` channels."""
@@ -214,14 +235,26 @@ def output_transform(
     return y
 
 
-def sparse_winograd_gemm(v: torch.Tensor, packed, operand: torch.dtype | None = None) -> torch.Tensor:
+def sparse_winograd_gemm(v: torch.Tensor, packed, operand: torch.dtype | None = None,
+                         split: bool = False) -> torch.Tensor:
     """Gathered GEMMs over the kept channels only: v (P, C, T) -> M (P, K, T).
 
     All (position, group) lists are padded to the longest one and run as one batched matmul;
     padding gathers an appended zero row, so it contributes exact zeros (never 0 * NaN).
+    ``split``: V and the values as half ``operand`` hi + lo pairs, hi·hi + lo·hi + hi·lo
+    (:func:`split_gemm`); v then unrounded.
     """
+    if split:
+        idx, vals32 = packed.padded_slabs(v.dtype, v.dtype)
+        (vh, vl), (qh, ql) = split_operand(v, operand), split_operand(vals32, operand)
+        vh, vl, qh, ql = (t.to(v.dtype) for t in (vh, vl, qh, ql))
+        return (_gathered_gemm(vh, packed, idx, qh) + _gathered_gemm(vl, packed, idx, qh)
+                + _gathered_gemm(vh, packed, idx, ql))
+    return _gathered_gemm(v, packed, *packed.padded_slabs(operand or v.dtype, v.dtype))
+
+
+def _gathered_gemm(v: torch.Tensor, packed, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
     p, c, t = v.shape
-    idx, vals = packed.padded_slabs(operand or v.dtype, v.dtype)
     g = packed.G
     if idx.shape[1] == 0:
         return v.new_zeros((p, packed.K, t))
@@ -240,9 +273,11 @@ def sparse_winograd_conv2d(
     padding: int | tuple[int, int] = 0,
     relu: bool = False,
     winograd_relu: bool = False,
+    split_operands: bool = False,
 ) -> torch.Tensor:
     """Sparse Winograd convolution with a ``PackedWinogradWeight`` (inference; torch ops); a packed
-    weight with a decomposition runs its k×k stride-s convolution."""
+    weight with a decomposition runs its k×k stride-s convolution. ``split_operands`` (half
+    inputs): V and the values as hi + lo pairs (the values gain only if the packed weight is fp32)."""
     pad = _checks.check_padding(padding)
     m, r, pts, d = packed.m, packed.r, packed.points_fractions(), packed.dwm
     _checks.check_tile_dtype(m, r, x.dtype, packed.values.dtype)
@@ -251,8 +286,10 @@ def sparse_winograd_conv2d(
     acc = _checks.accum_dtype(x.dtype)
     opd = _checks.operand_dtype(x.dtype)
     v = input_transform(x, m, r, pad, pts, zero_row=True, decomposition=d, winograd_relu=winograd_relu)
-    v = v.to(opd).to(acc)
-    mm = sparse_winograd_gemm(v, packed, opd)
+    split = split_operands and opd != acc
+    if not split:
+        v = v.to(opd).to(acc)
+    mm = sparse_winograd_gemm(v, packed, opd, split)
     y = output_transform(mm, nb, ho, wo, m, r, pts, bias, relu)
     return _finish(y, x)
 
@@ -273,6 +310,7 @@ def winograd_conv2d_q(
     relu: bool = False,
     winograd_relu: bool = False,
     decomposition: dwm.Decomposition | None = None,
+    split_operands: bool = False,
 ) -> torch.Tensor:
     """Winograd convolution from a Winograd-domain weight ``q`` (K, C, n, n).
 
@@ -285,7 +323,7 @@ def winograd_conv2d_q(
         raise ValueError(f"q must have shape (K, C, {n}, {n}) for F({m},{r}), got {tuple(q.shape)}")
     k, c = q.shape[:2]
     return winograd_conv2d_pck(x, q.permute(2, 3, 1, 0).reshape(n * n, c, k), bias, pad, m, r, points, relu,
-                               winograd_relu, decomposition)
+                               winograd_relu, decomposition, split_operands)
 
 
 def winograd_conv2d_pck(
@@ -299,10 +337,12 @@ def winograd_conv2d_pck(
     relu: bool = False,
     winograd_relu: bool = False,
     decomposition: dwm.Decomposition | None = None,
+    split_operands: bool = False,
 ) -> torch.Tensor:
     """Winograd convolution from a position-major weight ``q_pck`` (P, C, K) — the layout the GEMM
     uses, so a module can keep it and skip a per-call permute of the whole weight. With a
-    ``decomposition``, C counts virtual channels (input channels · pieces)."""
+    ``decomposition``, C counts virtual channels (input channels · pieces). ``split_operands``
+    (half inputs only): V and Q each as a half hi + lo pair (:func:`split_gemm`)."""
     _, c, k = q_pck.shape
     _checks.check_input(x, _checks.real_channels(c, decomposition))
     _checks.check_bias(bias, k)
@@ -312,9 +352,12 @@ def winograd_conv2d_pck(
     ho, wo = _checks.conv_output_size(h, w, r, padding, decomposition)
     acc = _checks.accum_dtype(x.dtype)
     opd = _checks.operand_dtype(x.dtype)
-    v = input_transform(x, m, r, padding, points, decomposition=decomposition, winograd_relu=winograd_relu).to(opd)
-    # fp32 accumulation for half operands: upcast exact values, then one fp32 matmul.
-    mm = winograd_gemm(v.to(acc), q_pck.to(opd).to(acc))
+    v = input_transform(x, m, r, padding, points, decomposition=decomposition, winograd_relu=winograd_relu)
+    if split_operands and opd != acc:
+        mm = split_gemm(v, q_pck.to(acc), opd)
+    else:
+        # fp32 accumulation for half operands: upcast exact values, then one fp32 matmul.
+        mm = winograd_gemm(v.to(opd).to(acc), q_pck.to(opd).to(acc))
     y = output_transform(mm, nb, ho, wo, m, r, points, bias, relu)
     return _finish(y, x)
 
@@ -331,6 +374,7 @@ def winograd_conv2d(
     winograd_relu: bool = False,
     stride: int = 1,
     decompose: bool | None = None,
+    split_operands: bool = False,
 ) -> torch.Tensor:
     """Dense Winograd conv2d (dilation 1, groups 1), pure torch, differentiable. Stride 2 and
     large kernels run decomposed (``tritonwino.dwm.plan`` decides, ``decompose`` overrides)."""
@@ -339,4 +383,4 @@ def winograd_conv2d(
     r = k if d is None else d.r
     q = winograd_weight(weight if d is None else dwm.expand_weight(weight, d), m, points)
     return winograd_conv2d_q(x, q.to(_checks.accum_dtype(x.dtype)), bias, padding, m, r, points, relu,
-                             winograd_relu, d)
+                             winograd_relu, d, split_operands)

@@ -1,0 +1,100 @@
+"""split_operands: half V and Q carried as hi + lo pairs (hi·hi + lo·hi + hi·lo), on the torch path
+and on the Triton path (three launches of the unchanged kernels into fp32 outputs)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tritonwino import ops, reference
+from tritonwino.functional import sparse_winograd_conv2d, winograd_conv2d
+from tritonwino.packing import pack_winograd_weight
+from tritonwino.points import error_ratio
+from tritonwino.testing import random_pruned_q
+from tritonwino.transforms import normalize_points
+
+SHAPE = (1, 32, 32, 12, 12)  # N, C, K, H, W: small enough for the interpreter
+
+
+def test_split_operand_is_exact_to_the_lo_rounding():
+    t = torch.randn(1000, dtype=torch.float32) * 100
+    hi, lo = reference.split_operand(t, torch.float16)
+    assert hi.dtype == lo.dtype == torch.float16
+    err = (hi.float() + lo.float() - t).abs()
+    assert bool((err <= t.abs() * 2.0 ** -21).all())  # ~22 bits kept of 24
+    assert float((hi.float() - t).abs().max()) > float(err.max()) * 100  # hi alone is the 11-bit rounding
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.kernels)])
+@pytest.mark.parametrize("m,points,target", [(4, "accurate", 4.0), (6, "standard", 10.0)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_split_meets_the_issue_targets_with_half_operands(backend, m, points, target, dtype):
+    # the error of the fp16/bf16 operand rounding is gone: what is left is the input and output
+    # rounding a direct convolution in the same dtype also has (measured 1.00-1.02x)
+    plain = error_ratio(m, 3, points, dtype, backend=backend, shape=SHAPE)["ratio"]
+    split = error_ratio(m, 3, points, dtype, backend=backend, shape=SHAPE, split_operands=True)["ratio"]
+    assert split <= 1.1 and plain > 3 * split and split < target, (plain, split)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("relu,bias", [(False, False), (True, True)])
+def test_split_triton_matches_its_torch_twin_odd_sizes(relu, bias):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 9, 7, generator=gen).half()
+    w = torch.randn(6, 5, 3, 3, generator=gen).half()
+    b = torch.randn(6, generator=gen).half() if bias else None
+    kw = dict(padding=1, m=4, points="accurate", relu=relu, split_operands=True)
+    y_t = winograd_conv2d(x, w, b, backend="torch", **kw)
+    y_k = winograd_conv2d(x, w, b, backend="triton", **kw)
+    ref = F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=1)
+    ref = ref.relu() if relu else ref
+    assert y_k.dtype == torch.float16 and y_k.shape == ref.shape
+    # both within the fp16 output rounding of the exact result (1 ulp of the largest output)
+    ulp = 2.0 ** -10 * float(ref.abs().max())
+    assert float((y_t.double() - ref).abs().max()) <= ulp
+    assert float((y_k.double() - ref).abs().max()) <= ulp
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.kernels)])
+def test_split_sparse_gains_only_with_fp32_values(backend):
+    gen = torch.Generator().manual_seed(1)
+    q = random_pruned_q(32, 16, 4, 3, 0.5, (16, 1), generator=gen, points="accurate").double()
+    x32 = torch.rand(1, 16, 10, 10, generator=gen) * 2 - 1
+    x = x32.half()
+    pts = normalize_points(4, 3, "accurate")
+    ref = reference.winograd_conv2d_q(x.double(), q, None, 1, 4, 3, pts)
+
+    def err(packed, split):
+        y = sparse_winograd_conv2d(x, packed, None, 1, backend, split_operands=split)
+        return float((y.double() - ref).abs().mean())
+
+    p32 = pack_winograd_weight(q.float(), (16, 1), points=pts, dtype=torch.float32)
+    p16 = pack_winograd_weight(q.float(), (16, 1), points=pts, dtype=torch.float16)
+    plain, split32, split16 = err(p32, False), err(p32, True), err(p16, True)
+    assert split32 < 0.5 * plain  # V and the values split
+    assert split32 < split16 < plain  # fp16 values: only V gains
+
+
+def test_split_is_a_no_op_for_float32():
+    x, w = torch.randn(1, 4, 8, 8), torch.randn(4, 4, 3, 3)
+    torch.testing.assert_close(winograd_conv2d(x, w, padding=1, backend="torch", split_operands=True),
+                               winograd_conv2d(x, w, padding=1, backend="torch"), rtol=0, atol=0)
+
+
+def test_split_trains_on_the_torch_path():
+    x = torch.randn(1, 3, 8, 8).half().requires_grad_()
+    w = torch.randn(4, 3, 3, 3).half().requires_grad_()
+    y = winograd_conv2d(x, w, padding=1, m=4, backend="auto", split_operands=True)
+    gx, gw = torch.autograd.grad(y.float().sum(), (x, w))
+    assert gx.shape == x.shape and gw.shape == w.shape and bool(torch.isfinite(gx).all())
+
+
+def test_opcheck_with_split():
+    q = random_pruned_q(16, 4, 4, 3, 0.5, (16, 1)).float()
+    p = pack_winograd_weight(q, (16, 1), dtype=torch.float32)
+    x = torch.randn(2, 4, 8, 8).half()
+    args = (x, p.values, p.indices, p.offsets, None, [1, 1], [4, 3], [16, 4], [16, 1], ops.points_str(p.points),
+            "torch", True, False, False, None, True)
+    torch.library.opcheck(ops.sparse_winograd_conv2d_op, args)
+    q_pck = q.permute(2, 3, 1, 0).reshape(36, 4, 16).contiguous()
+    torch.library.opcheck(ops.winograd_conv2d_pck_op, (x, q_pck, None, [1, 1], [4, 3], ops.points_str(p.points),
+                                                        "torch", False, False, False, None, True))
