@@ -98,3 +98,29 @@ def test_opcheck_with_split():
     q_pck = q.permute(2, 3, 1, 0).reshape(36, 4, 16).contiguous()
     torch.library.opcheck(ops.winograd_conv2d_pck_op, (x, q_pck, None, [1, 1], [4, 3], ops.points_str(p.points),
                                                         "torch", False, False, False, None, True))
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("ks,stride", [(5, 2), (3, 2)])
+def test_split_decomposed_convolutions_both_paths(ks, stride):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 3, 11, 10, generator=gen).half()
+    w = (torch.randn(4, 3, ks, ks, generator=gen) / ks).half()
+    ref = F.conv2d(x.double(), w.double(), stride=stride, padding=ks // 2)
+    ulp = 2.0 ** -10 * float(ref.abs().max())
+    for backend in ("torch", "triton"):
+        y = winograd_conv2d(x, w, padding=ks // 2, stride=stride, m=2, backend=backend, split_operands=True)
+        assert y.shape == ref.shape
+        assert float((y.double() - ref).abs().max()) <= ulp, backend
+
+
+@pytest.mark.kernels
+def test_split_winograd_relu_matches_its_float64_formula():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 9, 9, generator=gen).half()
+    w = torch.randn(8, 4, 3, 3, generator=gen).half()
+    ref = reference.winograd_conv2d(x.double(), w.double(), None, 1, 4, winograd_relu=True)
+    ulp = 2.0 ** -10 * float(ref.abs().max())
+    for backend in ("torch", "triton"):
+        y = winograd_conv2d(x, w, padding=1, m=4, backend=backend, winograd_relu=True, split_operands=True)
+        assert float((y.double() - ref).abs().max()) <= ulp, backend
