@@ -124,3 +124,55 @@ def test_split_winograd_relu_matches_its_float64_formula():
     for backend in ("torch", "triton"):
         y = winograd_conv2d(x, w, padding=1, m=4, backend=backend, winograd_relu=True, split_operands=True)
         assert float((y.double() - ref).abs().max()) <= ulp, backend
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.kernels)])
+def test_split_on_the_module_fp32_weight_under_autocast_and_half_model(backend):
+    from tritonwino.sparse_conv import SparseWinogradConv2d, convert
+
+    gen = torch.Generator().manual_seed(4)
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.rand(16, 16, 3, 3, generator=gen) * 2 - 1)
+    x = (torch.rand(1, 16, 12, 12, generator=gen) * 2 - 1).half()
+    ref = F.conv2d(x.double(), conv.weight.double(), padding=1)
+
+    def err(layer, autocast):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.float16, enabled=autocast):
+            y = layer(x if autocast else x)
+        return float((y.double() - ref).abs().mean())
+
+    layer = SparseWinogradConv2d.from_conv2d(conv, m=6, block=(16, 1), backend=backend)
+    plain = err(layer, True)
+    layer.split_operands = True
+    assert "split_operands=True" in repr(layer)
+    both = err(layer, True)  # fp32 weight under autocast: V and Q split
+    half = convert(torch.nn.Sequential(conv).half(), m=6, backend=backend, split_operands=True)[0]
+    assert half.split_operands
+    v_only = err(half, False)  # a half model: only V is split
+    assert both < v_only < plain and both < plain / 5, (plain, v_only, both)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_torch_path_ignores_autocast(split):
+    # regression: under torch.autocast the torch path's conv2d (the input transform) and matmuls ran
+    # in fp16 (mean error +21% for F(4,3), and a split operand rounded away); it now computes
+    # exactly what it does without autocast
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 16, 10, 10, generator=gen).half()
+    w = torch.randn(16, 16, 3, 3, generator=gen)
+    q = reference.winograd_weight(w, 4).float()
+    packed = pack_winograd_weight(q, (16, 1), dtype=torch.float32)
+    q_pck = q.permute(2, 3, 1, 0).reshape(36, 16, 16).contiguous()
+    from tritonwino.functional import winograd_conv2d_pck
+
+    def run():
+        return (sparse_winograd_conv2d(x, packed, None, 1, "torch", split_operands=split),
+                winograd_conv2d_pck(x, q_pck, None, 1, 4, 3, backend="torch", split_operands=split))
+
+    with torch.inference_mode():
+        plain = run()
+        with torch.autocast("cpu", dtype=torch.float16):
+            autocast = run()
+    for a, b in zip(plain, autocast, strict=True):
+        assert torch.equal(a, b)

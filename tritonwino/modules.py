@@ -84,6 +84,10 @@ class SparseWinogradConv2d(torch.nn.Module):
             backend; the C++ ``"cpu"`` kernels run plain convolutions only, so a decomposed or
             Winograd-ReLU layer runs the torch path there, see ``ops.cpu_runs``).
         winograd_relu: compute ``Aᵀ[Q ⊙ ReLU(Bᵀ X B)]A`` (a Winograd-ReLU layer: no conv2d path).
+        split_operands: for float16/bfloat16 inputs, run the dense and sparse paths with V and Q as
+            half hi + lo pairs (``functional.winograd_conv2d``; 3× the Winograd-domain products).
+            Q gains only when the layer's weight is fp32 (half inputs under autocast); after
+            ``model.half()`` only V does. A plain attribute: set it on a built layer as well.
 
     Example:
         >>> conv = torch.nn.Conv2d(8, 16, 3, padding=1)
@@ -98,7 +102,7 @@ class SparseWinogradConv2d(torch.nn.Module):
     packed_offsets: torch.Tensor
 
     def __init__(self, packed: PackedWinogradWeight, bias: torch.Tensor | None, padding: int | tuple[int, int],
-                 backend: str = "auto", winograd_relu: bool = False):
+                 backend: str = "auto", winograd_relu: bool = False, split_operands: bool = False):
         super().__init__()
         if not isinstance(packed, PackedWinogradWeight):
             raise TypeError(f"packed must be a PackedWinogradWeight, got {type(packed).__name__}")
@@ -112,6 +116,7 @@ class SparseWinogradConv2d(torch.nn.Module):
         self.m, self.r = packed.m, packed.r
         # a decomposed conv (tritonwino.dwm): its GEMM reads C·pieces virtual channels of r×r pieces
         self.decomposition, self.winograd_relu = packed.decomposition, bool(winograd_relu)
+        self.split_operands = bool(split_operands)
         self._channels = packed.C
         # nn.Conv2d's attributes, for the tools that read them (FLOP counters, summaries, fusers)
         ks, st = packed.kernel_size, packed.stride
@@ -439,7 +444,8 @@ class SparseWinogradConv2d(torch.nn.Module):
         if path == "dense":
             q_pck = self._q_pck if self._q_pck is not None else self.dense_weight()
             return functional.winograd_conv2d_pck(x, q_pck, bias, self.padding, self.m, self.r, self.points, backend,
-                                                  winograd_relu=self.winograd_relu, decomposition=self.decomposition)
+                                                  winograd_relu=self.winograd_relu, decomposition=self.decomposition,
+                                                  split_operands=getattr(self, "split_operands", False))
         if path == "sparse":
             if torch.compiler.is_exporting():
                 # export traces with grad enabled (x requires grad behind BN parameters), and the
@@ -449,11 +455,13 @@ class SparseWinogradConv2d(torch.nn.Module):
                 return ops.sparse_winograd_conv2d_op(
                     x, p.values, p.indices, p.offsets, bias, list(self.padding), [p.m, p.r], [p.K, p.C],
                     list(p.block), ops.points_str(p.points), backend, False, False, self.winograd_relu,
-                    None if p.decomposition is None else list(p.decomposition))
+                    None if p.decomposition is None else list(p.decomposition),
+                    getattr(self, "split_operands", False))
             # While tracing, validation (data-dependent) must stay inside the op: pass a plain view.
             packed = self._packed_view() if torch.compiler.is_compiling() else self.packed
             return functional.sparse_winograd_conv2d(x, packed, bias, self.padding, backend,
-                                                     winograd_relu=self.winograd_relu)
+                                                     winograd_relu=self.winograd_relu,
+                                                     split_operands=getattr(self, "split_operands", False))
         raise ValueError(f"path must be 'conv2d', 'dense' or 'sparse', got {path!r}")
 
     # ---- state_dict -------------------------------------------------------------------------
@@ -633,6 +641,8 @@ class SparseWinogradConv2d(torch.nn.Module):
         if self.decomposition is not None:
             shape = (f"kernel_size={self.kernel_size[0]}, stride={self.stride[0]}, "
                      f"decomposed into {self._channels // self.in_channels} pieces of {self.r}x{self.r}")
+        if getattr(self, "split_operands", False):
+            chosen = "split_operands=True, " + chosen
         return (f"{self.in_channels}, {self.out_channels}, {shape}, padding={self.padding}, "
                 f"tile=F({self.m},{self.r}), block={self.block}, winograd_sparsity={self.winograd_sparsity():.1%}, "
                 f"{'winograd_relu=True, ' if self.winograd_relu else ''}{chosen}")
@@ -753,7 +763,7 @@ def _coarser_than_mask(layer: SparseWinogradConv2d) -> tuple[float, float] | Non
 def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
             filter_fn: Callable[[torch.nn.Module, str], bool] | None = None,
             backend: str = "auto", points: Sequence[object] | None = None,
-            decompose: bool | None = None) -> torch.nn.Module:
+            decompose: bool | None = None, split_operands: bool = False) -> torch.nn.Module:
     """Swap every eligible conv of ``model`` (in place) for a ``SparseWinogradConv2d``.
 
     Eligible: an ``nn.Conv2d`` that provably computes ``F.conv2d`` (``forward`` / ``_conv_forward``
@@ -780,6 +790,8 @@ def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
             whose tile they do not fit (e.g. the F(m, 2) pieces of a 3×3 stride-2 conv) are left alone.
         decompose: ``None`` (auto, ``tritonwino.dwm.plan``), ``True`` or ``False`` (stride-1 kernels as
             one F(m, k) tile; stride-2 convs are then left alone).
+        split_operands: set on every swapped layer (``SparseWinogradConv2d``: half V and Q as hi + lo
+            pairs for float16/bfloat16 inputs).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
@@ -806,6 +818,7 @@ def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
             log.append((name, reason))
             continue
         new = SparseWinogradConv2d.from_conv2d(mod, m, block, backend, points, decompose=decompose)
+        new.split_operands = bool(split_operands)
         new.train(mod.training)
         _carry_hooks(mod, new)
         if name == "":

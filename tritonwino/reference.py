@@ -266,6 +266,24 @@ def _gathered_gemm(v: torch.Tensor, packed, idx: torch.Tensor, vals: torch.Tenso
     return out.reshape(p, g * packed.group_k, t)[:, : packed.K]
 
 
+def _own_precision(fn):
+    """Run ``fn`` with autocast off: the path chooses its own dtypes (fp32 transforms and
+    accumulation, operands rounded to the input's half type). Under autocast its conv2d and matmuls
+    would otherwise run in fp16 — transforms included (fp16 input, fp32 weight, F(4,3): mean error
+    +21%) — and a split operand would be rounded again."""
+
+    @functools.wraps(fn)
+    def wrapped(x: torch.Tensor, *args, **kwargs):
+        dev = x.device.type
+        if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+            with torch.autocast(dev, enabled=False):
+                return fn(x, *args, **kwargs)
+        return fn(x, *args, **kwargs)
+
+    return wrapped
+
+
+@_own_precision
 def sparse_winograd_conv2d(
     x: torch.Tensor,
     packed,
@@ -326,6 +344,7 @@ def winograd_conv2d_q(
                                winograd_relu, decomposition, split_operands)
 
 
+@_own_precision
 def winograd_conv2d_pck(
     x: torch.Tensor,
     q_pck: torch.Tensor,
