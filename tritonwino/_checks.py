@@ -158,9 +158,10 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def empty_output(x: torch.Tensor, k: int, ho: int, wo: int) -> torch.Tensor:
-    """An uninitialised (N, K, HO, WO) output in ``x``'s dtype, device and layout."""
-    return torch.empty((x.shape[0], k, ho, wo), dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
+def empty_output(x: torch.Tensor, k: int, ho: int, wo: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised (N, K, HO, WO) output in ``x``'s device and layout and ``dtype`` (default x's)."""
+    return torch.empty((x.shape[0], k, ho, wo), dtype=dtype or x.dtype, device=x.device,
+                       memory_format=memory_format_of(x))
 
 
 def operand_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -252,17 +252,22 @@ def _split_dense(x, q_pck, b, padding, k, c, spec, tiles, out_size, bk, relu, al
     v32 = transform_input(x, spec, padding, tiles, torch.float32, winograd_relu, decomposition, out_size)
     (v_hi, v_lo), (q_hi, q_lo) = (split_operand(t, opd) for t in (v32, q_pck.to(torch.float32)))
     q_hi, q_lo = q_hi.contiguous(), q_lo.contiguous()
-    fmt = _checks.memory_format_of(x)
 
     def launch(cfg, v=v_hi, q=q_hi, bias=b):
-        y = torch.empty((x.shape[0], k, *out_size), dtype=torch.float32, device=x.device, memory_format=fmt)
+        y = _checks.empty_output(x, k, *out_size, dtype=torch.float32)
         return fused_multiply(v, spec, "v", (q,), bk, c, tiles, y, bias, False, padding, allow_tf32, False, cfg)
 
     cfg = select.dense_config(v_hi, q_hi, spec.m, spec.r, allow_tf32, launch)
-    y = launch(cfg) + launch(cfg, v=v_lo, bias=None) + launch(cfg, q=q_lo, bias=None)
+    return _sum_split(x, (launch(cfg), launch(cfg, v=v_lo, bias=None), launch(cfg, q=q_lo, bias=None)), relu)
+
+
+def _sum_split(x: torch.Tensor, parts: tuple[torch.Tensor, ...], relu: bool) -> torch.Tensor:
+    """The split path's fp32 outputs summed once (the output transform is linear), then ReLU and
+    x's dtype and layout."""
+    y = sum(parts[1:], parts[0])
     if relu:
         y = torch.relu(y)
-    return y.to(x.dtype).contiguous(memory_format=fmt)
+    return y.to(x.dtype).contiguous(memory_format=_checks.memory_format_of(x))
 
 
 def sparse_winograd_conv2d(x: torch.Tensor, packed: PackedWinogradWeight, bias: torch.Tensor | None,
@@ -309,14 +314,9 @@ def _split_sparse(x: torch.Tensor, packed: PackedWinogradWeight, bias: torch.Ten
                           (call.ho, call.wo))
     v_hi, v_lo = split_operand(v32, opd)
     cfg = select.sparse_config(call, "two-kernel")
-    fmt = _checks.memory_format_of(x)
 
     def out() -> torch.Tensor:
-        return torch.empty((x.shape[0], packed.K, call.ho, call.wo), dtype=torch.float32, device=x.device,
-                           memory_format=fmt)
+        return _checks.empty_output(x, packed.K, call.ho, call.wo, dtype=torch.float32)
 
-    y = (call.multiply(v_hi, "v", cfg, out()) + call.multiply(v_lo, "v", cfg, out())
-         + call_lo.multiply(v_hi, "v", cfg, out()))
-    if relu:
-        y = torch.relu(y)
-    return y.to(x.dtype).contiguous(memory_format=fmt)
+    return _sum_split(x, (call.multiply(v_hi, "v", cfg, out()), call.multiply(v_lo, "v", cfg, out()),
+                          call_lo.multiply(v_hi, "v", cfg, out())), relu)

@@ -97,6 +97,8 @@ class SparseWinogradConv2d(torch.nn.Module):
         True
     """
 
+    # a class default too: layers pickled before the option existed have no instance attribute
+    split_operands = False
     packed_values: torch.Tensor
     packed_indices: torch.Tensor
     packed_offsets: torch.Tensor
@@ -445,7 +447,7 @@ class SparseWinogradConv2d(torch.nn.Module):
             q_pck = self._q_pck if self._q_pck is not None else self.dense_weight()
             return functional.winograd_conv2d_pck(x, q_pck, bias, self.padding, self.m, self.r, self.points, backend,
                                                   winograd_relu=self.winograd_relu, decomposition=self.decomposition,
-                                                  split_operands=getattr(self, "split_operands", False))
+                                                  split_operands=self.split_operands)
         if path == "sparse":
             if torch.compiler.is_exporting():
                 # export traces with grad enabled (x requires grad behind BN parameters), and the
@@ -456,12 +458,12 @@ class SparseWinogradConv2d(torch.nn.Module):
                     x, p.values, p.indices, p.offsets, bias, list(self.padding), [p.m, p.r], [p.K, p.C],
                     list(p.block), ops.points_str(p.points), backend, False, False, self.winograd_relu,
                     None if p.decomposition is None else list(p.decomposition),
-                    getattr(self, "split_operands", False))
+                    self.split_operands)
             # While tracing, validation (data-dependent) must stay inside the op: pass a plain view.
             packed = self._packed_view() if torch.compiler.is_compiling() else self.packed
             return functional.sparse_winograd_conv2d(x, packed, bias, self.padding, backend,
                                                      winograd_relu=self.winograd_relu,
-                                                     split_operands=getattr(self, "split_operands", False))
+                                                     split_operands=self.split_operands)
         raise ValueError(f"path must be 'conv2d', 'dense' or 'sparse', got {path!r}")
 
     # ---- state_dict -------------------------------------------------------------------------
@@ -641,7 +643,7 @@ class SparseWinogradConv2d(torch.nn.Module):
         if self.decomposition is not None:
             shape = (f"kernel_size={self.kernel_size[0]}, stride={self.stride[0]}, "
                      f"decomposed into {self._channels // self.in_channels} pieces of {self.r}x{self.r}")
-        if getattr(self, "split_operands", False):
+        if self.split_operands:
             chosen = "split_operands=True, " + chosen
         return (f"{self.in_channels}, {self.out_channels}, {shape}, padding={self.padding}, "
                 f"tile=F({self.m},{self.r}), block={self.block}, winograd_sparsity={self.winograd_sparsity():.1%}, "

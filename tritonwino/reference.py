@@ -106,8 +106,8 @@ class _TiledTransform(torch.autograd.Function):
     def forward(xp: torch.Tensor, filters: torch.Tensor, m: int) -> torch.Tensor:
         nb, c, hp, wp = xp.shape
         v = F.conv2d(xp.reshape(nb * c, 1, hp, wp), filters, stride=m)  # (N*C, P, th, tw)
-        p = v.shape[1]
-        return v.reshape(nb, c, p, -1).permute(2, 1, 0, 3).reshape(p, c, -1)
+        p, t = v.shape[1], v.shape[2] * v.shape[3]  # sizes spelled out: N = 0 must reshape too
+        return v.reshape(nb, c, p, t).permute(2, 1, 0, 3).reshape(p, c, nb * t)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -120,8 +120,9 @@ class _TiledTransform(torch.autograd.Function):
         (filters,) = ctx.saved_tensors
         p, _, n, _ = filters.shape
         nb, c, hp, wp = ctx.shape
-        windows = filters.reshape(p, n * n).t().to(grad.dtype) @ grad.reshape(p, -1)  # (n², C·N·T)
-        windows = windows.reshape(n * n, c, nb, -1).permute(2, 1, 0, 3).reshape(1, nb * c * n * n, -1)
+        t = ((hp - n) // ctx.m + 1) * ((wp - n) // ctx.m + 1)
+        windows = filters.reshape(p, n * n).t().to(grad.dtype) @ grad.reshape(p, c * nb * t)  # (n², C·N·T)
+        windows = windows.reshape(n * n, c, nb, t).permute(2, 1, 0, 3).reshape(1, nb * c * n * n, t)
         gx = F.fold(windows, (hp, wp), kernel_size=n, stride=ctx.m)
         return gx.reshape(nb, c, hp, wp), None, None
 
@@ -151,15 +152,13 @@ def input_transform(
     extra_h = th * m + r - 1 - (h + 2 * ph)
     extra_w = tw * m + r - 1 - (w + 2 * pw)
     xp = F.pad(x.to(acc), (pw, pw + extra_w, ph, ph + extra_h))
-    if torch.is_grad_enabled() and xp.requires_grad and not zero_row:
-        v = _TiledTransform.apply(xp, bfilt, m)  # (P, C, N*T)
+    if not zero_row:
+        v = _TiledTransform.apply(xp, bfilt, m)  # (P, C, N*T); records a backward only under autograd
         return torch.relu(v) if winograd_relu else v
     v = F.conv2d(xp.reshape(nb * c, 1, xp.shape[2], xp.shape[3]), bfilt, stride=m)  # (N*C, P, th, tw)
     if winograd_relu:
         v = torch.relu(v)
     v = v.reshape(nb, c, n * n, th * tw).permute(2, 1, 0, 3)
-    if not zero_row:
-        return v.reshape(n * n, c, nb * th * tw)
     out = v.new_empty((n * n, c + 1, nb, th * tw))
     out[:, :c].copy_(v)
     out[:, c].zero_()
@@ -186,14 +185,14 @@ def split_operand(t: torch.Tensor, operand: torch.dtype) -> tuple[torch.Tensor, 
     return hi, (t - hi.to(t.dtype)).to(operand)
 
 
-def split_gemm(v: torch.Tensor, q_pck: torch.Tensor, operand: torch.dtype) -> torch.Tensor:
-    """``winograd_gemm`` with split half operands (``split_operand``): three GEMMs of half values,
-    accumulated in fp32 — what the Triton path's three launches compute. v (P, C, T) and q_pck
-    (P, C, K) in fp32; a q_pck that was already half has lo = 0 (only V gains)."""
-    acc = v.dtype
-    (vh, vl), (qh, ql) = split_operand(v, operand), split_operand(q_pck, operand)
-    vh, vl, qh, ql = vh.to(acc), vl.to(acc), qh.to(acc), ql.to(acc)
-    return winograd_gemm(vh, qh) + winograd_gemm(vl, qh) + winograd_gemm(vh, ql)
+def split_gemm(v: torch.Tensor, q: torch.Tensor, operand: torch.dtype, gemm=None) -> torch.Tensor:
+    """``gemm(v, q)`` (default :func:`winograd_gemm`, v (P, C, T), q (P, C, K)) with split half
+    operands (``split_operand``): three GEMMs of half values, accumulated in fp32 — what the Triton
+    path's three launches compute. v and q in fp32; a q that was already half has lo = 0 (only V
+    gains)."""
+    gemm = gemm or winograd_gemm
+    (vh, vl), (qh, ql) = ((hi.to(v.dtype), lo.to(v.dtype)) for hi, lo in (split_operand(t, operand) for t in (v, q)))
+    return gemm(vh, qh) + gemm(vl, qh) + gemm(vh, ql)
 
 
 def winograd_gemm(v: torch.Tensor, q_pck: torch.Tensor) -> torch.Tensor:
@@ -246,10 +245,7 @@ def sparse_winograd_gemm(v: torch.Tensor, packed, operand: torch.dtype | None = 
     """
     if split:
         idx, vals32 = packed.padded_slabs(v.dtype, v.dtype)
-        (vh, vl), (qh, ql) = split_operand(v, operand), split_operand(vals32, operand)
-        vh, vl, qh, ql = (t.to(v.dtype) for t in (vh, vl, qh, ql))
-        return (_gathered_gemm(vh, packed, idx, qh) + _gathered_gemm(vl, packed, idx, qh)
-                + _gathered_gemm(vh, packed, idx, ql))
+        return split_gemm(v, vals32, operand, lambda a, b: _gathered_gemm(a, packed, idx, b))
     return _gathered_gemm(v, packed, *packed.padded_slabs(operand or v.dtype, v.dtype))
 
 
