@@ -47,6 +47,14 @@ def test_input_gradient_gradcheck(m, r, pad):
     torch.autograd.gradcheck(lambda xx: reference.winograd_conv2d(xx, w, None, pad, m), (x,))
 
 
+def test_input_gradient_of_an_empty_batch():
+    # regression: the fold over N·C channels refused N = 0 in the backward
+    x = torch.zeros(0, 3, 7, 7, dtype=torch.float64, requires_grad=True)
+    y = reference.winograd_conv2d(x, torch.randn(2, 3, 3, 3, dtype=torch.float64), None, 1, 4)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert y.shape == (0, 2, 7, 7) and g.shape == x.shape
+
+
 @pytest.mark.parametrize("winograd_relu", [False, True])
 def test_input_transform_gradient_matches_autograd_conv(winograd_relu):
     x = torch.randn(2, 4, 10, 9, dtype=torch.float64, requires_grad=True)

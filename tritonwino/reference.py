@@ -120,6 +120,8 @@ class _TiledTransform(torch.autograd.Function):
         (filters,) = ctx.saved_tensors
         p, _, n, _ = filters.shape
         nb, c, hp, wp = ctx.shape
+        if nb * c == 0:  # fold refuses a 0-channel input
+            return grad.new_zeros(ctx.shape), None, None
         t = ((hp - n) // ctx.m + 1) * ((wp - n) // ctx.m + 1)
         windows = filters.reshape(p, n * n).t().to(grad.dtype) @ grad.reshape(p, c * nb * t)  # (n², C·N·T)
         windows = windows.reshape(n * n, c, nb, t).permute(2, 1, 0, 3).reshape(1, nb * c * n * n, t)
