@@ -5,6 +5,7 @@ runs of the grid that stop, resume, refuse other settings and rebuild their tabl
 import csv
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -353,3 +354,23 @@ def test_grid_cli_errors():
     a = converged_grid.parse_args(["--out", "x"])
     assert [c.key for c in converged_grid.cells(a)][:3] == ["yu-plain-1x1", "yu-plain-16x1", "yu-plain-32x1"]
     assert (a.train_limit, a.test_limit, a.seeds, a.dataset) == (None, None, "0,1,2", "fashion-mnist")
+
+
+def test_grid_winograd_stage_length_and_a_dense_model_carried_to_a_new_out(tmp_path, monkeypatch):
+    # another retraining schedule needs another OUT; the converged dense model (same dense settings)
+    # may be carried over: its row comes back from the checkpoint and it is not trained again
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert converged_grid.main(_args(a, "--methods", "yu", "--granularities", "1x1")) == 0
+    (tmp_path / "b.state" / "seed0").mkdir(parents=True)
+    shutil.copy(tmp_path / "a.state" / "seed0" / "dense.pt", tmp_path / "b.state" / "seed0" / "dense.pt")
+    calls = []
+    _spy(monkeypatch, calls)
+    assert converged_grid.main(_args(b, "--methods", "yu", "--granularities", "1x1", "--winograd-stage-epochs", "1",
+                                     "--winograd-lr", "1e-4")) == 0
+    assert [c[0] for c in calls] == ["seed 0 yu-plain-1x1 0.5", "seed 0 yu-plain-1x1 0.7"]
+    rows_a, rows_b = _rows(f"{a}.csv"), _rows(f"{b}.csv")
+    assert rows_b[0]["method"] == "dense" and rows_b[0]["top1"] == rows_a[0]["top1"]
+    assert rows_b[0]["winograd_lr"] == "0.0001"  # the row carries this run's settings
+    # spatial stages retrain --stage-epochs (0.5 epoch = 2 steps), Winograd ones --winograd-stage-epochs (4)
+    assert [(r["phase"], r["steps"]) for r in rows_b[1:]] == [("spatial", "2"), ("winograd", "4")]
+    assert rows_b[1]["winograd_stage_steps"] == "4" and rows_a[1]["winograd_stage_steps"] == "2"

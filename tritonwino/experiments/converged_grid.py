@@ -13,8 +13,9 @@ Protocol (defaults; every number is an option, ``--help``):
   recorded every ``--eval-every`` steps (``OUT_curve.csv``), so the curve shows whether it has
   converged. The test set is only *looked at* for the curve; nothing is tuned on it here.
 * **Pruning** starts from that converged model for every cell (method, granularity, recipe); every
-  stage prunes to the next target and retrains ``--stage-epochs`` epochs (cosine from the stage
-  lr, same augmentation, one batch stream per seed shared by all cells):
+  stage prunes to the next target and retrains ``--stage-epochs`` epochs in the spatial domain or
+  ``--winograd-stage-epochs`` in the Winograd domain (cosine from the stage lr, same augmentation,
+  one batch stream per seed shared by all cells):
 
   - ``yu``: spatial-Winograd pruning [Yu et al. 2019]: step 1 (spatial structured pruning, lr
     ``--spatial-lr``) through ``--spatial-targets``, then step 2 (Winograd-direct pruning with the
@@ -106,9 +107,10 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 
 EPILOG = """\
 questions:
-  how long?      About 2 CPU-hours per seed for the defaults on one thread (smallvgg-flat on the
-                 full Fashion-MNIST: a spatial SGD step 0.06 s, a Winograd-domain one 0.16 s). The
-                 rows' cpu_s and OUT.md give the CPU time actually spent.
+  how long?      About 4 CPU-hours per seed for the defaults on one thread (smallvgg-flat on the
+                 full Fashion-MNIST: a spatial SGD step 0.06 s, a Winograd-domain one 0.16 s; dense
+                 20 min, Winograd-ReLU dense 45 min, 16 cells x 5 two-epoch stages ~3 h). The rows'
+                 cpu_s and OUT.md give the CPU time actually spent.
   more cores?    One process per seed (or per group of seeds) on the same --out, e.g.
                  `--seeds 0 &` and `--seeds 1,2 &`: each writes its own rows into the shared files
                  (under a lock); the last to finish writes OUT.md / OUT.png from all of them.
@@ -167,15 +169,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="steps between curve points and dense checkpoints (0: one epoch)")
     p = ap.add_argument_group("pruning")
     p.add_argument("--m", type=int, default=4, help="output tile of F(m, 3)")
-    p.add_argument("--spatial-targets", default="0.3,0.5,0.6,0.7",
+    p.add_argument("--spatial-targets", default="0.3,0.5,0.7",
                    help="Winograd-sparsity targets of yu's step 1 (the other methods go through these, then "
                         "the Winograd targets)")
-    p.add_argument("--winograd-targets", default="0.75,0.8,0.85,0.9", help="targets of yu's step 2")
-    p.add_argument("--stage-epochs", type=float, default=0.5, help="retraining epochs after each pruning stage")
+    p.add_argument("--winograd-targets", default="0.8,0.9", help="targets of yu's step 2")
+    p.add_argument("--stage-epochs", type=float, default=2.0,
+                   help="retraining epochs after each spatial pruning stage (yu step 1, spatial)")
+    p.add_argument("--winograd-stage-epochs", type=float, default=None,
+                   help="retraining epochs after each Winograd-domain pruning stage (default: --stage-epochs)")
     p.add_argument("--spatial-lr", type=float, default=0.01, help="lr of spatial retraining (yu step 1, spatial)")
-    p.add_argument("--winograd-lr", type=float, default=3e-4,
-                   help="lr of Winograd-domain retraining (yu step 2, li, liu, wrelu; the probe in "
-                        "pruning_experiment picked 3e-4)")
+    p.add_argument("--winograd-lr", type=float, default=1e-5,
+                   help="lr of Winograd-domain retraining (yu step 2, li, liu, wrelu); docs/pruning.md has the "
+                        "probe that chose it (3e-4 loses 1.6 points even without pruning)")
     p.add_argument("--distill-temperature", type=float, default=4.0, help="T of the distill recipe")
     p.add_argument("--distill-weight", type=float, default=0.5,
                    help="weight of the distillation term (1 - weight on cross-entropy)")
@@ -374,6 +379,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
     epoch = max(1, len(tr) // bs)
     dense_steps = max(1, round(args.dense_epochs * epoch))
     stage_steps = max(1, round(args.stage_epochs * epoch))
+    wstage_epochs = args.stage_epochs if args.winograd_stage_epochs is None else args.winograd_stage_epochs
+    winograd_stage_steps = max(1, round(wstage_epochs * epoch))
     eval_every = args.eval_every or epoch
     augment = random_crop_flip(args.crop_pad, flip=not args.no_flip)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -383,7 +390,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
         "dataset": info["name"], "train_examples": len(tr), "test_examples": len(te), "model": args.model,
         "model_desc": MODEL_DESCRIPTIONS[args.model], "tile": f"F({args.m},3)", "batch_size": bs,
         "dense_epochs": args.dense_epochs, "dense_steps": dense_steps, "dense_lr": args.dense_lr,
-        "stage_steps": stage_steps, "spatial_lr": args.spatial_lr, "winograd_lr": args.winograd_lr,
+        "stage_steps": stage_steps, "winograd_stage_steps": winograd_stage_steps, "spatial_lr": args.spatial_lr,
+        "winograd_lr": args.winograd_lr,
         "wrelu_lr": args.wrelu_lr, "augment": f"crop(pad={args.crop_pad})" + ("" if args.no_flip else "+hflip"),
         "distill_temperature": args.distill_temperature, "distill_weight": args.distill_weight,
         "device": env["device"], "threads": torch.get_num_threads(), "torch": env["torch"],
@@ -414,6 +422,16 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
         final, partial = sd / f"{name}.pt", sd / f"{name}.partial.pt"
         if final.exists():
             ck = torch.load(final, weights_only=False)
+            if not any((r["method"], int(r["seed"])) == (name, seed) for r in _read_csv(paths["csv"])):
+                # a finished model whose row is gone (rows file deleted, or the model carried over from
+                # another OUT with the same dense settings): its row again, from the checkpoint
+                model = new_model(seed, wrelu)
+                model.load_state_dict(ck["model"])
+                sp = model_winograd_sparsity(model, m=args.m, layers=_pruned_layers(model, _first_conv(model)))
+                row = _row(name, "plain", "-", seed, -1, "dense", 0.0, sp["overall"], ck["top1"],
+                           ck["top1"] if top1_ref is None else top1_ref, ck["top1"], ck["cpu_s"], dense_steps, common)
+                _update_csv(paths["csv"], paths["lock"], lambda r: (r["method"], int(r["seed"])) == (name, seed),
+                            [row])
             return ck["model"], ck["top1"]
         model = new_model(seed, wrelu)
         batches = Batches(tr, bs, seed=seed, augment=augment)
@@ -491,7 +509,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
                 c0 = time.process_time()
                 arm.enter(phase)
                 arm.pruner.prune(target)
-                train(model, batches, stage_steps, lr, step=arm.pruner.step, cosine=True, loss_fn=loss_fn,
+                steps = stage_steps if phase == "spatial" else winograd_stage_steps
+                train(model, batches, steps, lr, step=arm.pruner.step, cosine=True, loss_fn=loss_fn,
                       desc=f"seed {seed} {cell.key} {target}", progress=args.progress)
                 sp = model_winograd_sparsity(model, m=args.m, layers=_pruned_layers(model, first))["overall"]
                 top1 = 100.0 * accuracy(model, te)
@@ -501,7 +520,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
                 _update_csv(paths["csv"], paths["lock"], lambda r, key=key: (r["method"], r["recipe"], r["granularity"],
                                                               int(r["seed"]), int(r["stage"])) == key,
                             [_row(cell.method, cell.recipe, cell.granularity, seed, k, phase, target, sp, top1,
-                                  top1_dense, top1_start, cpu, stage_steps, common)])
+                                  top1_dense, top1_start, cpu, steps, common)])
                 _save({"stage": k, "model": model.state_dict(), "batches": batches.state()}, ck_path)
                 bar.update(1)
                 log(f"seed {seed} {cell.key} stage {k} ({phase}) target {target:.2f}: Winograd sparsity "
@@ -590,9 +609,11 @@ def write_table(rows: list[dict], path: Path) -> None:
         f"Settings: {first['dataset']} ({first['train_examples']} train / {first['test_examples']} test), "
         f"{first['model_desc']}, {first['tile']}; dense: {first['dense_steps']} SGD steps ({first['dense_epochs']} "
         f"epochs, lr {first['dense_lr']} cosine to 0, bs {first['batch_size']}, augmentation {first['augment']}); "
-        f"every pruning stage retrains {first['stage_steps']} steps (cosine from lr {first['spatial_lr']} spatial, "
-        f"{first['winograd_lr']} Winograd-domain); distill recipe T = {first['distill_temperature']}, weight "
-        f"{first['distill_weight']}. Seeds {seeds}. {first['device']}, {first['threads']} thread(s), torch "
+        f"every pruning stage retrains (cosine from its lr): {first['stage_steps']} steps at lr "
+        f"{first['spatial_lr']} in the spatial domain, {first.get('winograd_stage_steps') or first['stage_steps']} "
+        f"steps at lr {first['winograd_lr']} in the Winograd domain; distill recipe T = "
+        f"{first['distill_temperature']}, weight {first['distill_weight']}. Seeds {seeds}. {first['device']}, "
+        f"{first['threads']} thread(s), torch "
         f"{first['torch']}, triton {first['triton']}, tritonwino {first['tritonwino']}.", "",
         f"Total CPU time of the rows: {cpu / 3600:.2f} CPU-hours (process time, training and evaluation).", "",
         "Winograd sparsity = exact zeros of Q = G W Gᵀ over the pruned layers (every 3×3 conv but the first). "
@@ -670,7 +691,8 @@ def plot(rows: list[dict], curve: list[dict], path: Path) -> None:
         ax.legend(fontsize=7)
     first = rows[0]
     fig.suptitle(f"{first['dataset']} {first['model_desc']} {first['tile']}: dense {first['dense_epochs']} epochs, "
-                 f"{first['stage_steps']} steps/stage, CPU ({first['device']})", fontsize=9)
+                 f"{first['stage_steps']}/{first.get('winograd_stage_steps') or first['stage_steps']} steps per "
+                 f"spatial/Winograd stage, CPU ({first['device']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
