@@ -509,7 +509,7 @@ def fused_source(spec: TileSpec, source: str, weight: str, name: str) -> str:
     if source == "x":
         args += ["H", "W", "PAD_H", "PAD_W", "stride_xn", "stride_xc", "stride_xh", "stride_xw"]
     args += ["stride_yn", "stride_yk", "stride_yh", "stride_yw", "stride_b"]
-    consts = ["HAS_BIAS", "RELU", "BLOCK_T", "BLOCK_K", "BLOCK_C", "PRECISION", "UPCAST"]
+    consts = ["HAS_BIAS", "RELU", "BLOCK_T", "BLOCK_K", "BLOCK_C", "PRECISION", "UPCAST", "ACC64"]
     if source == "x":
         consts.append("WINOGRAD_RELU")
     L = [_header(spec), "", "@triton.jit", f"def {name}("]
@@ -550,7 +550,10 @@ def fused_source(spec: TileSpec, source: str, weight: str, name: str) -> str:
                 _, i, j = src.split("_")
                 i, j = int(i), int(j)
                 L.append(f"    # ---- position ({i}, {j})")
-                L.append("    acc = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)")
+                L += ["    if ACC64:",
+                      "        acc = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float64)",
+                      "    else:",
+                      "        acc = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)"]
                 L += _dot_loop(spec, source, weight, i, j, i * n + j)
                 L.append(f"    {src} = acc")
                 done.add(src)
@@ -610,6 +613,11 @@ def _dot_loop(spec: TileSpec, source: str, weight: str, i: int, j: int, p: int) 
     L += ["        if UPCAST:",
           "            a = a.to(tl.float32)",
           "            b = b.to(tl.float32)",
+          # the wide multiply: fp32 operands, exact products and channel sums in float64, and the
+          # output transform after it in float64 (interpreter only; see fused_multiply)
+          "        if ACC64:",
+          "            a = a.to(tl.float64)",
+          "            b = b.to(tl.float64)",
           "        acc = tl.dot(a, b, acc, input_precision=PRECISION)"]
     return L
 

@@ -114,6 +114,7 @@ def fused_multiply(
     winograd_relu: bool = False,
     config: FusedConfig | None = None,
     wrap=None,
+    wide: bool = False,
 ) -> torch.Tensor:
     """Launch the fused multiply into the preallocated ``y`` (N, K, HO, WO), any strides.
 
@@ -121,7 +122,8 @@ def fused_multiply(
     ``(values, indices, offsets)`` of a packed weight (group size ``block_k``) or ``(q,)`` with q
     (P, C, K) dense (output channels in blocks of ``block_k``), both in the operand dtype.
     ``padding`` and ``winograd_relu`` concern X only. ``wrap`` (e.g. ``torch.library.wrap_triton``)
-    wraps the kernel before the launch.
+    wraps the kernel before the launch. ``wide``: fp32 operands multiplied and summed in float64,
+    the output transform in float64 too (the Triton interpreter only: no compiled kernel has it).
     """
     check_triton_device(src, y, *weight)
     nb, k, ho, wo = y.shape
@@ -131,7 +133,9 @@ def fused_multiply(
     if t_total == 0 or k == 0:
         return y
     operand = weight[0].dtype
-    precision = dot_precision(operand, allow_tf32)
+    if wide and (operand != torch.float32 or not interpreting()):
+        raise ValueError("the wide (float64) multiply takes fp32 operands and runs under the Triton interpreter only")
+    precision = dot_precision(operand, allow_tf32 and not wide)
     cfg = config or interpreter_config(t_total)
     g = triton.cdiv(k, block_k)
     kern = fused_kernel(spec, source, "sparse" if sparse else "dense")
@@ -144,7 +148,7 @@ def fused_multiply(
         kern = wrap(kern)
     kern[(triton.cdiv(t_total, cfg.block_t), g)](
         *args, HAS_BIAS=bias is not None, RELU=relu, BLOCK_T=cfg.block_t, BLOCK_K=block_k, BLOCK_C=cfg.block_c,
-        PRECISION=precision, UPCAST=upcast_dot(operand), **extra,
+        PRECISION=precision, UPCAST=upcast_dot(operand), ACC64=wide, **extra,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=MAXNREG,
     )
     return y
@@ -182,7 +186,7 @@ def compile_specs(tiles) -> list[CompileSpec]:
                     ints += ["stride_yn", "stride_yk", "stride_yh", "stride_yw", "stride_b"]
                     sig.update({a: "i32" for a in ints})
                     consts = {"HAS_BIAS": True, "RELU": True, "BLOCK_T": cfg.block_t, "BLOCK_K": gk,
-                              "BLOCK_C": cfg.block_c, "PRECISION": prec, "UPCAST": False}
+                              "BLOCK_C": cfg.block_c, "PRECISION": prec, "UPCAST": False, "ACC64": False}
                     if source == "x":
                         consts["WINOGRAD_RELU"] = False
                     sig.update({a: "constexpr" for a in consts})

@@ -32,6 +32,7 @@ from fractions import Fraction
 import torch
 
 from . import _checks, dwm
+from .kernels._common import interpreting
 from .kernels.codegen import TileSpec
 from .kernels.fused_multiply import GPU_MAX_M, dense_block_k, fused_multiply
 from .kernels.input_transform import input_transform
@@ -188,13 +189,14 @@ class SparseCall:
                                self.decomposition, (self.ho, self.wo), config, wrap)
 
     def multiply(self, src: torch.Tensor, source: str, config=None, y: torch.Tensor | None = None,
-                 wrap=None) -> torch.Tensor:
-        """The fused multiply from V (``source="v"``) or straight from x (``"x"``) into y."""
+                 wrap=None, wide: bool = False) -> torch.Tensor:
+        """The fused multiply from V (``source="v"``) or straight from x (``"x"``) into y
+        (``wide``: the float64 multiply, see ``fused_multiply``)."""
         p = self.packed
         y = y if y is not None else _checks.empty_output(self.x, p.K, self.ho, self.wo)
         return fused_multiply(src, self.spec, source, (self.values, p.indices, p.offsets), p.group_k, p.C,
                               self.tiles, y, self.bias, self.relu, self.padding, self.allow_tf32,
-                              self.winograd_relu, config, wrap)
+                              self.winograd_relu, config, wrap, wide)
 
     def run(self, path: str, config=None, input_config=None, wrap=None) -> torch.Tensor:
         """Launch ``path``; ``wrap`` (``torch.library.wrap_triton`` inside a ``triton_op``) wraps
@@ -217,7 +219,8 @@ def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | N
     (C = input channels · pieces for a decomposed convolution, whose ``r`` is the piece size):
     the input transform, then the dense fused multiply. ``split_operands`` (half inputs): V in
     fp32, then three launches of the same kernel — (V_hi, Q_hi), (V_lo, Q_hi), (V_hi, Q_lo) — into
-    fp32 outputs summed once (the output transform is linear; ReLU after the sum)."""
+    fp32 outputs summed once (the output transform is linear; ReLU after the sum). For fp32 inputs
+    it means the float64 multiply (``_wide``)."""
     p, c, k = q_pck.shape
     check_triton_dtype(x.dtype)
     check_gpu_tile(m, x)
@@ -236,14 +239,27 @@ def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | N
     if split_operands and opd in (torch.float16, torch.bfloat16):
         return _split_dense(x, q_pck, b, padding, k, c, spec, tiles, (ho, wo), bk, relu, allow_tf32, winograd_relu,
                             decomposition)
+    wide = _wide(split_operands, opd)
     q = q_pck.to(opd).contiguous()
     v = transform_input(x, spec, padding, tiles, q.dtype, winograd_relu, decomposition, (ho, wo))
     y = _checks.empty_output(x, k, ho, wo)
 
     def launch(cfg):
-        return fused_multiply(v, spec, "v", (q,), bk, c, tiles, y, b, relu, padding, allow_tf32, False, cfg)
+        return fused_multiply(v, spec, "v", (q,), bk, c, tiles, y, b, relu, padding, allow_tf32, False, cfg,
+                              wide=wide)
 
     return launch(select.dense_config(v, q, m, r, allow_tf32, launch))
+
+
+def _wide(split_operands: bool, operand: torch.dtype) -> bool:
+    """``split_operands`` with fp32 operands: the float64 multiply, which only the interpreter runs
+    (no compiled kernel has a float64 accumulator; the torch path has it on every device)."""
+    if not (split_operands and operand == torch.float32):
+        return False
+    if not interpreting():
+        raise ValueError("split_operands=True with a float32 input multiplies in float64, which the GPU kernels do "
+                         "not compile: use backend='torch' for it (or split_operands=False)")
+    return True
 
 
 def _split_dense(x, q_pck, b, padding, k, c, spec, tiles, out_size, bk, relu, allow_tf32, winograd_relu,
@@ -279,7 +295,8 @@ def sparse_winograd_conv2d(x: torch.Tensor, packed: PackedWinogradWeight, bias: 
     applies a ReLU to V (Liu et al. 2018: y = Aᵀ[Q ⊙ ReLU(Bᵀ X B)]A). A decomposed weight
     (``packed.dwm``) runs the two-kernel path: ``path="one-kernel"`` is refused for it.
     ``split_operands`` (half inputs) runs the two-kernel path three times as the dense split does
-    (the values gain a lo part only if the packed weight is fp32)."""
+    (the values gain a lo part only if the packed weight is fp32); fp32 inputs: the float64
+    multiply on the two-kernel path (``_wide``)."""
     check_triton_dtype(x.dtype)
     check_gpu_tile(packed.m, x)  # before the field checks: the first thing a GPU user with F(6, r) should read
     packed.check_fields()
@@ -299,6 +316,10 @@ def sparse_winograd_conv2d(x: torch.Tensor, packed: PackedWinogradWeight, bias: 
             raise ValueError("split_operands runs the two-kernel path (V must exist in fp32 to be split)")
         return _split_sparse(x, packed, bias, padding, relu, allow_tf32, winograd_relu)
     call = SparseCall(x, packed, packed.values_as(opd), bias, padding, relu, allow_tf32, winograd_relu)
+    if _wide(split_operands, opd):
+        if path == "one-kernel":
+            raise ValueError("split_operands runs the two-kernel path")
+        return call.multiply(call.transform(), "v", wide=True)
     if path is None:
         path = select.sparse_path(call).path
     return call.run(path, select.sparse_config(call, path))

@@ -34,7 +34,8 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None, m: int | None = None) -> str:
+def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None, m: int | None = None,
+                    split_operands: bool = False) -> str:
     """The path to run: ``"torch"``, ``"triton"`` or ``"cpu"``.
 
     The Triton and C++ kernels have no backward, so when autograd needs gradients ``"auto"`` takes
@@ -47,6 +48,8 @@ def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None,
         *params: other tensors whose gradients autograd may need (weight, bias, packed values).
         m: the output tile side, when the call is a Winograd convolution: ``"auto"`` on a GPU runs
             tiles with m > ``GPU_MAX_M`` (which have no spill-free kernel) on the torch path.
+        split_operands: the call's; with a float32 input ``"auto"`` on a GPU takes the torch path,
+            the only one with a float64 multiply there.
     """
     _checks.check_backend(backend)
     needs_grad = _needs_grad(x, *params)
@@ -54,7 +57,8 @@ def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None,
         if needs_grad:
             return "torch"
         if x.is_cuda:
-            return "triton" if m is None or m <= GPU_MAX_M else "torch"
+            wide = split_operands and x.dtype == torch.float32
+            return "triton" if (m is None or m <= GPU_MAX_M) and not wide else "torch"
         return "cpu" if _cpu_path.runs(x) else "torch"
     if backend in ("triton", "cpu") and needs_grad:
         raise RuntimeError(f"backend={backend!r} is inference-only (no backward): run under torch.no_grad() / "
@@ -117,7 +121,12 @@ def winograd_conv2d(
             multiply hi·hi + lo·hi + hi·lo (3× the Winograd-domain products; on Triton three
             launches into fp32 outputs): the error of the fp16 operand rounding is gone (F(4,3)
             accurate 4.2× → 1.0× a direct convolution's, F(6,3) 15.4× → 1.0×; README, Accuracy).
-            No effect for float32/float64 inputs.
+            For float32 inputs: the Winograd-domain products, their channel sums and the output
+            transform in float64 (fp32 products are exact there; F(6,3) 12.6× → 8.2× on the torch
+            path, 10.5× → 4.7× on Triton; the multiply then costs what a float64 GEMM costs). The compiled Triton
+            kernels have no float64 accumulator: on a GPU ``"auto"`` takes the torch path for it
+            and ``"triton"`` is refused; the C++ CPU kernels hand it to the torch path. No effect
+            for float64 inputs.
 
     Returns:
         (N, K, HO, WO) in ``x``'s dtype and layout.
@@ -147,7 +156,7 @@ def winograd_conv2d(
             raise
         raise ValueError(f"{e}. This {ks}x{ks} stride-{s} kernel runs decomposed into F({m},{r}) pieces "
                          f"(tritonwino.dwm); points for a single F({m},{ks}) tile need decompose=False") from None
-    be = resolve_backend(backend, x, weight, bias, m=m)
+    be = resolve_backend(backend, x, weight, bias, m=m, split_operands=split_operands)
     if _needs_grad(x, weight, bias):
         return reference.winograd_conv2d(x, weight, bias, pad, m, pts, relu, winograd_relu=winograd_relu,
                                          stride=s, decompose=decompose, split_operands=split_operands)
@@ -205,7 +214,7 @@ def winograd_conv2d_pck(
     _checks.check_input(x, _checks.real_channels(q_pck.shape[1], d))
     _checks.check_bias(bias, q_pck.shape[2])
     _checks.check_same_device(x=x, q=q_pck, bias=bias)
-    be = resolve_backend(backend, x, q_pck, bias, m=m)
+    be = resolve_backend(backend, x, q_pck, bias, m=m, split_operands=split_operands)
     if _needs_grad(x, q_pck, bias):
         return reference.winograd_conv2d_pck(x, q_pck, bias, pad, m, r, pts, relu, winograd_relu, d, split_operands)
     return ops.winograd_conv2d_pck_call(x, q_pck, bias, list(pad), [m, r], ops.points_str(pts), be, relu, allow_tf32,
@@ -262,7 +271,7 @@ def sparse_winograd_conv2d(
     _checks.check_bias(bias, packed.K)
     _checks.check_same_device(x=x, packed=packed.values, bias=bias)
     pad = _checks.check_padding(padding)
-    be = resolve_backend(backend, x, bias, packed.values, m=packed.m)
+    be = resolve_backend(backend, x, bias, packed.values, m=packed.m, split_operands=split_operands)
     if _needs_grad(x, bias, packed.values):
         # validated once per array version; the cached object keeps the torch path's padded slabs
         cached = packed_from_arrays(packed.values, packed.indices, packed.offsets, packed.m, packed.r, packed.K,

@@ -793,7 +793,7 @@ def convert(model: torch.nn.Module, m: int = 4, block: Sequence[int] = (16, 1),
         decompose: ``None`` (auto, ``tritonwino.dwm.plan``), ``True`` or ``False`` (stride-1 kernels as
             one F(m, k) tile; stride-2 convs are then left alone).
         split_operands: set on every swapped layer (``SparseWinogradConv2d``: half V and Q as hi + lo
-            pairs for float16/bfloat16 inputs).
+            pairs for float16/bfloat16 inputs, a float64 multiply for float32 ones).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),

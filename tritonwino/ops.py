@@ -12,7 +12,8 @@ whichever it uses. Schemas carry only what the tensors do not already say:
 * ``tritonwino::winograd_conv2d_pck(x, q_pck, bias, padding[2], tile[2], points, backend, relu,
   allow_tf32, winograd_relu=False, dwm=None, split_operands=False)`` — dense, from the
   position-major Winograd-domain weight ``q_pck`` (P, C, K); ``split_operands``: half V and Q as
-  hi + lo pairs (``q_pck`` then in fp32, so that Q has a lo part).
+  hi + lo pairs (``q_pck`` then in fp32, so that Q has a lo part), or for fp32 x the multiply and
+  the output transform in float64.
 * ``tritonwino::sparse_winograd_conv2d_triton`` — a ``torch.library.triton_op``: the sparse Triton
   path with its kernel path and config already chosen, its launches wrapped with ``wrap_triton`` so
   that Inductor sees (and can schedule around) the kernels. The functional form uses it for CUDA
@@ -97,14 +98,15 @@ def _sparse_impl(
         raise ValueError(f"packed values must be 2-D (nnz, group_k), got shape {tuple(values.shape)}")
     packed = packed_from_arrays(values, indices, offsets, m, r, k, c, _pair(block, "block"), int(values.shape[1]),
                                 points_tuple(points), None if dwm is None else _pair(dwm, "dwm"))
-    if backend == "cpu" and not cpu_runs(winograd_relu, packed.decomposition is not None):
-        # the C++ kernels have no Winograd-ReLU and no decomposed variant: the torch path runs it
+    if backend == "cpu" and (split_operands or not cpu_runs(winograd_relu, packed.decomposition is not None)):
+        # the C++ kernels have no Winograd-ReLU, no decomposed variant and no float64 multiply: the
+        # torch path runs it
         _cpu_path.check_cpu_dtype(x.dtype)
         backend = "torch"
     if backend == "triton":
         y = _triton_path.sparse_winograd_conv2d(x, packed, bias, pad, relu, allow_tf32, winograd_relu,
                                                 split_operands=split_operands)
-    elif backend == "cpu":  # fp32 only: split_operands changes nothing
+    elif backend == "cpu":
         y = _cpu_path.sparse_winograd_conv2d(x, packed, bias, pad, relu)
     else:
         y = reference.sparse_winograd_conv2d(x, packed, bias, pad, relu, winograd_relu, split_operands)
@@ -161,8 +163,9 @@ def _dense_impl(
     _checks.check_input(x, _checks.real_channels(c, d))
     _checks.check_bias(bias, k)
     _checks.check_same_device(x=x, q=q_pck, bias=bias)
-    if backend == "cpu" and not cpu_runs(winograd_relu, d is not None):
-        # the C++ kernels have no Winograd-ReLU and no decomposed variant: the torch path runs it
+    if backend == "cpu" and (split_operands or not cpu_runs(winograd_relu, d is not None)):
+        # the C++ kernels have no Winograd-ReLU, no decomposed variant and no float64 multiply (what
+        # split_operands means for their fp32 input): the torch path runs it
         _cpu_path.check_cpu_dtype(x.dtype)
         backend = "torch"
     if backend == "torch":
@@ -170,7 +173,6 @@ def _dense_impl(
                                              split_operands)
     fr = normalize_points(m, r, tuple(Fraction(s) for s in pts) if pts else None)
     if backend == "cpu":
-        # fp32 only (check_cpu_dtype): split_operands concerns half operands and changes nothing here
         return _cpu_path.winograd_conv2d(x, q_pck, bias, pad, m, r, fr, relu)
     return _triton_path.winograd_conv2d(x, q_pck, bias, pad, m, r, fr, relu, allow_tf32, winograd_relu, d,
                                         split_operands)

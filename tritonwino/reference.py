@@ -292,8 +292,9 @@ def sparse_winograd_conv2d(
     split_operands: bool = False,
 ) -> torch.Tensor:
     """Sparse Winograd convolution with a ``PackedWinogradWeight`` (inference; torch ops); a packed
-    weight with a decomposition runs its k×k stride-s convolution. ``split_operands`` (half
-    inputs): V and the values as hi + lo pairs (the values gain only if the packed weight is fp32)."""
+    weight with a decomposition runs its k×k stride-s convolution. ``split_operands``: half
+    inputs: V and the values as hi + lo pairs (the values gain only if the packed weight is fp32);
+    fp32 inputs: the multiply and the output transform in float64."""
     pad = _checks.check_padding(padding)
     m, r, pts, d = packed.m, packed.r, packed.points_fractions(), packed.dwm
     _checks.check_tile_dtype(m, r, x.dtype, packed.values.dtype)
@@ -303,9 +304,12 @@ def sparse_winograd_conv2d(
     opd = _checks.operand_dtype(x.dtype)
     v = input_transform(x, m, r, pad, pts, zero_row=True, decomposition=d, winograd_relu=winograd_relu)
     split = split_operands and opd != acc
-    if not split:
-        v = v.to(opd).to(acc)
-    mm = sparse_winograd_gemm(v, packed, opd, split)
+    if split_operands and opd == torch.float32:
+        mm = sparse_winograd_gemm(v.double(), packed)  # split_operands for fp32: the float64 multiply
+    else:
+        if not split:
+            v = v.to(opd).to(acc)
+        mm = sparse_winograd_gemm(v, packed, opd, split)
     y = output_transform(mm, nb, ho, wo, m, r, pts, bias, relu)
     return _finish(y, x)
 
@@ -358,8 +362,9 @@ def winograd_conv2d_pck(
 ) -> torch.Tensor:
     """Winograd convolution from a position-major weight ``q_pck`` (P, C, K) — the layout the GEMM
     uses, so a module can keep it and skip a per-call permute of the whole weight. With a
-    ``decomposition``, C counts virtual channels (input channels · pieces). ``split_operands``
-    (half inputs only): V and Q each as a half hi + lo pair (:func:`split_gemm`)."""
+    ``decomposition``, C counts virtual channels (input channels · pieces). ``split_operands``:
+    half inputs: V and Q each as a half hi + lo pair (:func:`split_gemm`); fp32 inputs: the
+    multiply and the output transform in float64 (fp32 products are exact there)."""
     _, c, k = q_pck.shape
     _checks.check_input(x, _checks.real_channels(c, decomposition))
     _checks.check_bias(bias, k)
@@ -370,7 +375,9 @@ def winograd_conv2d_pck(
     acc = _checks.accum_dtype(x.dtype)
     opd = _checks.operand_dtype(x.dtype)
     v = input_transform(x, m, r, padding, points, decomposition=decomposition, winograd_relu=winograd_relu)
-    if split_operands and opd != acc:
+    if split_operands and opd == torch.float32:
+        mm = winograd_gemm(v.double(), q_pck.double())  # split_operands for fp32: the float64 multiply
+    elif split_operands and opd != acc:
         mm = split_gemm(v, q_pck.to(acc), opd)
     else:
         # fp32 accumulation for half operands: upcast exact values, then one fp32 matmul.
