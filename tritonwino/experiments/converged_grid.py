@@ -139,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "and the checkpoints under OUT.state/ (delete it to start over)")
     g = ap.add_argument_group("grid (may grow between runs of the same OUT)")
     g.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each gets its own dense model")
-    g.add_argument("--methods", default="yu,li,liu,wrelu,spatial,yu+distill",
+    g.add_argument("--methods", default="yu,yu+distill,li,liu,wrelu,spatial",
                    help=f"comma-separated cells, each METHOD or METHOD+RECIPE; methods {','.join(METHODS)}, "
                         f"recipes {','.join(RECIPES)} (plain when omitted)")
     g.add_argument("--granularities", default="1x1,16x1,32x1",
