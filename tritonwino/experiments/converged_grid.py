@@ -169,18 +169,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="steps between curve points and dense checkpoints (0: one epoch)")
     p = ap.add_argument_group("pruning")
     p.add_argument("--m", type=int, default=4, help="output tile of F(m, 3)")
-    p.add_argument("--spatial-targets", default="0.3,0.5,0.7",
+    p.add_argument("--spatial-targets", default="0.5,0.7",
                    help="Winograd-sparsity targets of yu's step 1 (the other methods go through these, then "
                         "the Winograd targets)")
-    p.add_argument("--winograd-targets", default="0.8,0.9", help="targets of yu's step 2")
+    p.add_argument("--winograd-targets", default="0.8,0.85,0.9", help="targets of yu's step 2")
     p.add_argument("--stage-epochs", type=float, default=2.0,
                    help="retraining epochs after each spatial pruning stage (yu step 1, spatial)")
     p.add_argument("--winograd-stage-epochs", type=float, default=None,
                    help="retraining epochs after each Winograd-domain pruning stage (default: --stage-epochs)")
     p.add_argument("--spatial-lr", type=float, default=0.01, help="lr of spatial retraining (yu step 1, spatial)")
-    p.add_argument("--winograd-lr", type=float, default=1e-5,
+    p.add_argument("--winograd-lr", type=float, default=1e-4,
                    help="lr of Winograd-domain retraining (yu step 2, li, liu, wrelu); docs/pruning.md has the "
-                        "probe that chose it (3e-4 loses 1.6 points even without pruning)")
+                        "probes that chose it (3e-4 loses 1.6 points even without pruning; 1e-5 cannot repair a large "
+                        "pruning step)")
     p.add_argument("--distill-temperature", type=float, default=4.0, help="T of the distill recipe")
     p.add_argument("--distill-weight", type=float, default=0.5,
                    help="weight of the distillation term (1 - weight on cross-entropy)")
