@@ -513,9 +513,11 @@ def test_experiment_runs_and_resumes(tmp_path, monkeypatch):
     assert all(0 <= r["test_acc"] <= 100 and r["history"] for r in rows)
     again = run_experiment(tmp_path, ["cnn", "wino-balanced-l2l1"], s, progress=False)  # all skipped
     assert again == rows
-    files = write_outputs(rows, tmp_path / "out" / "adder", s)
+    # a stem with a dot keeps its whole name (with_suffix made adder0.5 -> adder0.md and crashed)
+    files = write_outputs(rows, tmp_path / "out" / "adder0.5", s)
     assert all(f.exists() and f.stat().st_size > 0 for f in files)
-    assert "wino-balanced-l2l1" in (tmp_path / "out" / "adder.md").read_text()
+    assert "wino-balanced-l2l1" in (tmp_path / "out" / "adder0.5.md").read_text()
+    assert (tmp_path / "out" / "adder0.5.png").exists()
     # another ℓ2→ℓ1 schedule retrains only the ℓ2→ℓ1 variant; the CNN's finished run stays valid
     step = dataclasses.replace(s, l2_to_l1_schedule="step")
     trained = []
@@ -549,3 +551,27 @@ def test_cpu_backend_is_refused_with_the_alternative():
         adder_conv2d(x, wt, b, 1, backend="cpu")
     with pytest.raises(ValueError, match="no C\\+\\+ CPU kernel"):
         winograd_adder_conv2d(x, wt, b, 1, backend="cpu")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_other_settings_is_never_resumed(tmp_path):
+    # regression: a 2-epoch checkpoint in the work directory was "resumed" by a 1-epoch run with
+    # another eta, which then reported the old run's history as its own
+    import dataclasses
+
+    from tritonwino.experiments.adder import VARIANTS, Settings, train_variant
+    from tritonwino.experiments.data import fashion_mnist_available, load_dataset
+
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    tr, te, _ = load_dataset("fashion-mnist", train_limit=128, test_limit=64)
+    data = (*tr.tensors, *te.tensors)
+    ckpt = tmp_path / "wino-balanced.pt"
+    s2 = Settings(epochs=2, batch_size=64, widths=(4, 4, 4), train_limit=128, test_limit=64)
+    first = train_variant(VARIANTS["wino-balanced"], data, s2, ckpt, progress=False)
+    assert [h["epoch"] for h in first["history"]] == [1, 2]
+    again = train_variant(VARIANTS["wino-balanced"], data, s2, ckpt, progress=False)  # same settings: resumed
+    assert again["history"] == first["history"]
+    other = train_variant(VARIANTS["wino-balanced"], data, dataclasses.replace(s2, epochs=1, eta=0.5), ckpt,
+                          progress=False)
+    assert [h["epoch"] for h in other["history"]] == [1]

@@ -218,12 +218,14 @@ def test_multiplication_count_sees_the_sparse_transformed_activations():
 
 @pytest.mark.slow
 def test_experiment_runs_and_resumes(tmp_path):
-    argv = ["--out", str(tmp_path / "wr"), "--dense-steps", "2", "--stage-steps", "1", "--train-limit", "256",
+    # a stem with a dot keeps its whole name (with_suffix turned wr0.5 into wr0.csv, shared by wr0.7)
+    argv = ["--out", str(tmp_path / "wr0.5"), "--dense-steps", "2", "--stage-steps", "1", "--train-limit", "256",
             "--test-limit", "64", "--act-images", "8", "--spatial-targets", "0.3", "--winograd-targets", "0.6"]
     assert wre.main(argv) == 0
-    rows = (tmp_path / "wr.csv").read_text().splitlines()
+    rows = (tmp_path / "wr0.5.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 3  # header + (dense, 2 stages) x 3 arms
-    assert (tmp_path / "wr.png").exists() and "Winograd-ReLU" in (tmp_path / "wr.md").read_text()
+    assert (tmp_path / "wr0.5.png").exists() and "Winograd-ReLU" in (tmp_path / "wr0.5.md").read_text()
+    assert not (tmp_path / "wr0.csv").exists()
     logs = []
     assert wre.run(wre.parse_args(argv), log=logs.append) == 0  # everything done: only resumes
     assert sum("resuming after stage 1" in line for line in logs) == 3

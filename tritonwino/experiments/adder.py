@@ -229,11 +229,17 @@ def train_variant(variant: Variant, data: tuple, settings: Settings, ckpt: Path,
     steps_per_epoch = math.ceil(len(xtr) / settings.batch_size)
     total = steps_per_epoch * settings.epochs
     state = {"epoch": 0, "history": [], "cpu_seconds": 0.0}
+    key = _settings_key(settings, variant)
     if ckpt.exists():
         saved = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        state = saved["state"]
+        # only a checkpoint of these settings is resumed: one of another run (other epochs, eta,
+        # schedule...) in the same work directory is trained over, never reported as this one
+        if saved.get("settings") == key:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["opt"])
+            state = saved["state"]
+        else:
+            print(f"{variant.name}: {ckpt} holds a run with other settings; training from scratch", file=sys.stderr)
     gen = torch.Generator().manual_seed(settings.seed)
     for _ in range(state["epoch"]):  # the same batch order as an uninterrupted run
         torch.randperm(len(xtr), generator=gen)
@@ -267,7 +273,7 @@ def train_variant(variant: Variant, data: tuple, settings: Settings, ckpt: Path,
         print(f"{variant.name}: epoch {epoch + 1} train loss {run_loss / steps_per_epoch:.4f} "
               f"test acc {acc:.2f}% ({state['cpu_seconds']:.0f} CPU s so far)", file=sys.stderr, flush=True)
         tmp = ckpt.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, tmp)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state, "settings": key}, tmp)
         os.replace(tmp, ckpt)
     ops = count_ops(model, tuple(xtr.shape[1:]))
     return {
@@ -385,9 +391,11 @@ def write_outputs(rows: list[dict], stem: str | Path, settings: Settings) -> lis
         lines += ["", f"Device: {r0['device']}, {r0['threads']} thread(s); torch {r0['torch']}, triton {r0['triton']}, "
                       f"tritonwino {r0['tritonwino']}; train/test {r0['train_size']}/{r0['test_size']} images; "
                       f"finished {max(r['timestamp'] for r in rows)}."]
-    md = stem.with_suffix(".md")
+    # names built by appending: a stem with a dot (adder_eta0.5) must not lose its tail to with_suffix
+    md = stem.parent / f"{stem.name}.md"
     md.write_text("\n".join(lines) + "\n")
-    png = plot_results(stem.with_suffix(".csv"), stem.parent / f"{stem.name}_epochs.csv", stem.with_suffix(".png"))
+    png = plot_results(stem.parent / f"{stem.name}.csv", stem.parent / f"{stem.name}_epochs.csv",
+                       stem.parent / f"{stem.name}.png")
     return [*paths, md, png]
 
 

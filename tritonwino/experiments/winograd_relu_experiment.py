@@ -236,13 +236,15 @@ def _read_csv(path: Path) -> list[dict]:
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
     out = Path(args.out)
-    csv_path, state_dir = out.with_suffix(".csv"), Path(str(out) + ".state")
+    # appended to the stem: one with a dot (run0.5) keeps its name, and two such runs never share
+    # (and overwrite) one file
+    csv_path, md_path, png_path, state_dir = (Path(f"{out}{ext}") for ext in (".csv", ".md", ".png", ".state"))
     if args.plot_only:
         rows = _read_csv(csv_path)
         if not rows:
             raise SystemExit(f"{csv_path} has no rows")
-        write_table(rows, out.with_suffix(".md"))
-        plot(rows, out.with_suffix(".png"))
+        write_table(rows, md_path)
+        plot(rows, png_path)
         return 0
     torch.set_num_threads(args.threads)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -324,9 +326,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
                        ck_path)
             log(f"{method:6s} stage {stage} target {target:.2f}: Winograd sparsity {sp:.4f}, top-1 {top1:.2f}%, "
                 f"mults/image {counts['mults_weight_act_sparse']:.3g} (weights+activations)")
-    write_table(rows, out.with_suffix(".md"))
-    plot(rows, out.with_suffix(".png"))
-    log(f"wrote {csv_path}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    write_table(rows, md_path)
+    plot(rows, png_path)
+    log(f"wrote {csv_path}, {md_path}, {png_path}")
     return 0
 
 
