@@ -164,6 +164,12 @@ def empty_output(x: torch.Tensor, k: int, ho: int, wo: int, dtype: torch.dtype |
                        memory_format=memory_format_of(x))
 
 
+def wide_multiply(split_operands: bool, dtype: torch.dtype) -> bool:
+    """What ``split_operands`` means for a float32 input: the Winograd-domain multiply, its channel
+    sums and the output transform in float64 (half inputs split into hi + lo pairs instead)."""
+    return bool(split_operands) and dtype == torch.float32
+
+
 def operand_dtype(dtype: torch.dtype) -> torch.dtype:
     """dtype of the Winograd-domain GEMM operands: half types stay half, everything else fp32 or fp64.
 

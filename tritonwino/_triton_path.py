@@ -254,7 +254,7 @@ def winograd_conv2d(x: torch.Tensor, q_pck: torch.Tensor, bias: torch.Tensor | N
 def _wide(split_operands: bool, operand: torch.dtype) -> bool:
     """``split_operands`` with fp32 operands: the float64 multiply, which only the interpreter runs
     (no compiled kernel has a float64 accumulator; the torch path has it on every device)."""
-    if not (split_operands and operand == torch.float32):
+    if not _checks.wide_multiply(split_operands, operand):
         return False
     if not interpreting():
         raise ValueError("split_operands=True with a float32 input multiplies in float64, which the GPU kernels do "

@@ -57,7 +57,7 @@ def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None,
         if needs_grad:
             return "torch"
         if x.is_cuda:
-            wide = split_operands and x.dtype == torch.float32
+            wide = _checks.wide_multiply(split_operands, x.dtype)
             return "triton" if (m is None or m <= GPU_MAX_M) and not wide else "torch"
         return "cpu" if _cpu_path.runs(x) else "torch"
     if backend in ("triton", "cpu") and needs_grad:
@@ -123,10 +123,10 @@ def winograd_conv2d(
             accurate 4.2× → 1.0× a direct convolution's, F(6,3) 15.4× → 1.0×; README, Accuracy).
             For float32 inputs: the Winograd-domain products, their channel sums and the output
             transform in float64 (fp32 products are exact there; F(6,3) 12.6× → 8.2× on the torch
-            path, 10.5× → 4.7× on Triton; the multiply then costs what a float64 GEMM costs). The compiled Triton
-            kernels have no float64 accumulator: on a GPU ``"auto"`` takes the torch path for it
-            and ``"triton"`` is refused; the C++ CPU kernels hand it to the torch path. No effect
-            for float64 inputs.
+            path, 10.5× → 4.7× on Triton; the multiply then costs what a float64 GEMM costs).
+            The compiled Triton kernels have no float64 accumulator: on a GPU ``"auto"`` takes
+            the torch path for it and ``"triton"`` is refused; the C++ CPU kernels hand it to the
+            torch path. No effect for float64 inputs.
 
     Returns:
         (N, K, HO, WO) in ``x``'s dtype and layout.

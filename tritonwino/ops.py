@@ -98,7 +98,8 @@ def _sparse_impl(
         raise ValueError(f"packed values must be 2-D (nnz, group_k), got shape {tuple(values.shape)}")
     packed = packed_from_arrays(values, indices, offsets, m, r, k, c, _pair(block, "block"), int(values.shape[1]),
                                 points_tuple(points), None if dwm is None else _pair(dwm, "dwm"))
-    if backend == "cpu" and (split_operands or not cpu_runs(winograd_relu, packed.decomposition is not None)):
+    if backend == "cpu" and (_checks.wide_multiply(split_operands, x.dtype)
+                             or not cpu_runs(winograd_relu, packed.decomposition is not None)):
         # the C++ kernels have no Winograd-ReLU, no decomposed variant and no float64 multiply: the
         # torch path runs it
         _cpu_path.check_cpu_dtype(x.dtype)
@@ -163,7 +164,8 @@ def _dense_impl(
     _checks.check_input(x, _checks.real_channels(c, d))
     _checks.check_bias(bias, k)
     _checks.check_same_device(x=x, q=q_pck, bias=bias)
-    if backend == "cpu" and (split_operands or not cpu_runs(winograd_relu, d is not None)):
+    if backend == "cpu" and (_checks.wide_multiply(split_operands, x.dtype)
+                             or not cpu_runs(winograd_relu, d is not None)):
         # the C++ kernels have no Winograd-ReLU, no decomposed variant and no float64 multiply (what
         # split_operands means for their fp32 input): the torch path runs it
         _cpu_path.check_cpu_dtype(x.dtype)

@@ -303,13 +303,12 @@ def sparse_winograd_conv2d(
     acc = _checks.accum_dtype(x.dtype)
     opd = _checks.operand_dtype(x.dtype)
     v = input_transform(x, m, r, pad, pts, zero_row=True, decomposition=d, winograd_relu=winograd_relu)
-    split = split_operands and opd != acc
-    if split_operands and opd == torch.float32:
-        mm = sparse_winograd_gemm(v.double(), packed)  # split_operands for fp32: the float64 multiply
+    if _checks.wide_multiply(split_operands, x.dtype):
+        mm = sparse_winograd_gemm(v.double(), packed)
+    elif split_operands and opd != acc:
+        mm = sparse_winograd_gemm(v, packed, opd, True)
     else:
-        if not split:
-            v = v.to(opd).to(acc)
-        mm = sparse_winograd_gemm(v, packed, opd, split)
+        mm = sparse_winograd_gemm(v.to(opd).to(acc), packed, opd, False)
     y = output_transform(mm, nb, ho, wo, m, r, pts, bias, relu)
     return _finish(y, x)
 
@@ -375,8 +374,8 @@ def winograd_conv2d_pck(
     acc = _checks.accum_dtype(x.dtype)
     opd = _checks.operand_dtype(x.dtype)
     v = input_transform(x, m, r, padding, points, decomposition=decomposition, winograd_relu=winograd_relu)
-    if split_operands and opd == torch.float32:
-        mm = winograd_gemm(v.double(), q_pck.double())  # split_operands for fp32: the float64 multiply
+    if _checks.wide_multiply(split_operands, x.dtype):
+        mm = winograd_gemm(v.double(), q_pck.double())
     elif split_operands and opd != acc:
         mm = split_gemm(v, q_pck.to(acc), opd)
     else:

@@ -421,6 +421,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
         sd = paths["state"] / f"seed{seed}"
         sd.mkdir(parents=True, exist_ok=True)
         final, partial = sd / f"{name}.pt", sd / f"{name}.partial.pt"
+
+        def write_row(model: nn.Module, top1: float, cpu: float) -> None:
+            sp = model_winograd_sparsity(model, m=args.m, layers=_pruned_layers(model, _first_conv(model)))["overall"]
+            row = _row(name, "plain", "-", seed, -1, "dense", 0.0, sp, top1, top1 if top1_ref is None else top1_ref,
+                       top1, cpu, dense_steps, common)
+            _update_csv(paths["csv"], paths["lock"], lambda r: (r["method"], int(r["seed"])) == (name, seed), [row])
+
         if final.exists():
             ck = torch.load(final, weights_only=False)
             if not any((r["method"], int(r["seed"])) == (name, seed) for r in _read_csv(paths["csv"])):
@@ -428,11 +435,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
                 # another OUT with the same dense settings): its row again, from the checkpoint
                 model = new_model(seed, wrelu)
                 model.load_state_dict(ck["model"])
-                sp = model_winograd_sparsity(model, m=args.m, layers=_pruned_layers(model, _first_conv(model)))
-                row = _row(name, "plain", "-", seed, -1, "dense", 0.0, sp["overall"], ck["top1"],
-                           ck["top1"] if top1_ref is None else top1_ref, ck["top1"], ck["cpu_s"], dense_steps, common)
-                _update_csv(paths["csv"], paths["lock"], lambda r: (r["method"], int(r["seed"])) == (name, seed),
-                            [row])
+                write_row(model, ck["top1"], ck["cpu_s"])
             return ck["model"], ck["top1"]
         model = new_model(seed, wrelu)
         batches = Batches(tr, bs, seed=seed, augment=augment)
@@ -465,11 +468,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
               resume=resume)
         if not last:  # resumed after the last step but before the final save
             last.update(top1=100.0 * accuracy(model, te), cpu=cpu_before)
-        sp = model_winograd_sparsity(model, m=args.m, layers=_pruned_layers(model, _first_conv(model)))["overall"]
         # the row first, then the final checkpoint: a stop in between redoes (and replaces) the row
-        row = _row(name, "plain", "-", seed, -1, "dense", 0.0, sp, last["top1"],
-                   last["top1"] if top1_ref is None else top1_ref, last["top1"], last["cpu"], dense_steps, common)
-        _update_csv(paths["csv"], paths["lock"], lambda r: (r["method"], int(r["seed"])) == (name, seed), [row])
+        write_row(model, last["top1"], last["cpu"])
         _save({"model": model.state_dict(), "top1": last["top1"], "cpu_s": last["cpu"],
                "wall_s": time.perf_counter() - w0}, final)
         partial.unlink(missing_ok=True)
