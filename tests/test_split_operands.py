@@ -95,28 +95,21 @@ def test_split_float32_dense_and_sparse_odd_sizes(backend, relu, bias):
     ref = reference.winograd_conv2d_q(x.double(), q, None if b is None else b.double(), 1, 6, 3, pts, relu)
     packed = pack_winograd_weight(q.float(), (16, 1), dtype=torch.float32)
     q_pck = q.float().permute(2, 3, 1, 0).reshape(64, 16, 24).contiguous()
-    def sparse(s):
-        return sparse_winograd_conv2d(x, packed, b, 1, backend, relu=relu, split_operands=s)
+    def sparse(s, be=backend):
+        return sparse_winograd_conv2d(x, packed, b, 1, be, relu=relu, split_operands=s)
 
-    def dense(s):
-        return ops.winograd_conv2d_pck_call(x, q_pck, b, [1, 1], [6, 3], ops.points_str(pts), backend, relu, False,
+    def dense(s, be=backend):
+        return ops.winograd_conv2d_pck_call(x, q_pck, b, [1, 1], [6, 3], ops.points_str(pts), be, relu, False,
                                             False, None, s)
 
     for name, run in (("sparse", sparse), ("dense", dense)):
         plain, split = run(False), run(True)
         assert split.dtype == torch.float32 and split.shape == ref.shape, name
         if backend == "cpu":  # the C++ kernels have no float64 multiply: the torch path runs it
-            torch.testing.assert_close(split, run_torch(x, packed, q_pck, b, pts, relu, name), rtol=0, atol=0)
+            torch.testing.assert_close(split, run(True, "torch"), rtol=0, atol=0)
             continue
         e_plain, e_split = (float((y.double() - ref).abs().mean()) for y in (plain, split))
         assert e_split < 0.8 * e_plain, (name, e_plain, e_split)
-
-
-def run_torch(x, packed, q_pck, b, pts, relu, name):
-    if name == "sparse":
-        return sparse_winograd_conv2d(x, packed, b, 1, "torch", relu=relu, split_operands=True)
-    return ops.winograd_conv2d_pck_call(x, q_pck, b, [1, 1], [6, 3], ops.points_str(pts), "torch", relu, False, False,
-                                        None, True)
 
 
 @pytest.mark.kernels
