@@ -57,7 +57,8 @@ def resolve_backend(backend: str, x: torch.Tensor, *params: torch.Tensor | None,
         if needs_grad:
             return "torch"
         if x.is_cuda:
-            wide = _checks.wide_multiply(split_operands, x.dtype)
+            # _checks.wide_multiply, short-circuited: x's dtype is read only for a split call
+            wide = bool(split_operands) and _checks.wide_multiply(True, x.dtype)
             return "triton" if (m is None or m <= GPU_MAX_M) and not wide else "torch"
         return "cpu" if _cpu_path.runs(x) else "torch"
     if backend in ("triton", "cpu") and needs_grad:
