@@ -29,6 +29,7 @@ from tritonwino.adder import (
     set_adder_p,
     winograd_adder_conv2d,
     winograd_adder_matrices,
+    winograd_adder_weight,
 )
 
 from ._io import reloaded
@@ -53,17 +54,18 @@ def oracle_adder(x, w, b, pad, p=1.0):
     return y if b is None else y + b.double()[None, :, None, None]
 
 
-def oracle_winograd_adder(x, w, b, pad, m, kind, p=1.0):
+def oracle_winograd_adder(x, w, b, pad, m, kind, p=1.0, domain="spatial"):
+    """``domain="winograd"``: ``w`` is U (K, C, n, n) itself."""
     ph, pw = (pad, pad) if isinstance(pad, int) else pad
-    at, g, bt = winograd_adder_matrices(m, w.shape[-1], kind)
+    r = w.shape[-1] - m + 1 if domain == "winograd" else w.shape[-1]
+    at, g, bt = winograd_adder_matrices(m, r, kind)
     mm, n = at.shape
-    r = w.shape[-1]
     nb, c, h, wd = x.shape
     ho, wo = h + 2 * ph - r + 1, wd + 2 * pw - r + 1
     th, tw = -(-ho // m), -(-wo // m)
     xp = torch.zeros(nb, c, th * m + r - 1, tw * m + r - 1, dtype=torch.float64)
     xp[:, :, ph:ph + h, pw:pw + wd] = x.double()
-    u = g @ w.double() @ g.T  # (K, C, n, n)
+    u = w.double() if domain == "winograd" else g @ w.double() @ g.T  # (K, C, n, n)
     y = torch.zeros(nb, w.shape[0], th * m, tw * m, dtype=torch.float64)
     for i in range(th):
         for j in range(tw):
@@ -331,6 +333,11 @@ def test_bad_input_gives_clear_errors():
         (lambda: winograd_adder_conv2d(x, wt, matrices="new"), ValueError, "matrices must be one of"),
         (lambda: winograd_adder_conv2d(x, wt, m=0), ValueError, "m must be a positive int"),
         (lambda: winograd_adder_conv2d(x[:, :, :1], wt), ValueError, "smaller than the 3x3 kernel"),
+        (lambda: winograd_adder_conv2d(x, wt, weight_domain="wino"), ValueError, "weight_domain must be one of"),
+        # a 3x3 weight read as U of F(2, r) means r = 2: refused, naming the expected 4x4
+        (lambda: winograd_adder_conv2d(x, wt, weight_domain="winograd"), ValueError, "for F\\(2,3\\) it is 4x4"),
+        (lambda: winograd_adder_conv2d(x, torch.randn(4, 3, 4, 5), weight_domain="winograd"), ValueError,
+         "square kernel"),
     ]
     for fn, exc, msg in cases:
         with pytest.raises(exc, match=msg):
@@ -518,6 +525,16 @@ def test_experiment_runs_and_resumes(tmp_path, monkeypatch):
     assert all(f.exists() and f.stat().st_size > 0 for f in files)
     assert "wino-balanced-l2l1" in (tmp_path / "out" / "adder0.5.md").read_text()
     assert (tmp_path / "out" / "adder0.5.png").exists()
+    # the Winograd-domain-filter variant trains and its rows say what its parameter is and costs
+    rows_u = run_experiment(tmp_path, ["cnn", "wino-balanced", "wino-balanced-u"], s, progress=False)
+    write_outputs(rows_u, tmp_path / "out" / "u", s)
+    import csv
+
+    table = {r["variant"]: r for r in csv.DictReader((tmp_path / "out" / "u.csv").open())}
+    assert table["wino-balanced-u"]["filters"] == "U (winograd)" and table["wino-balanced"]["filters"] == "W (spatial)"
+    # two 4x4 layers of 4x4 U (16 numbers) instead of 3x3 W (9): 2 * 16 * (16 - 9) more parameters
+    assert int(table["wino-balanced-u"]["params"]) - int(table["wino-balanced"]["params"]) == 2 * 16 * 7
+    assert table["wino-balanced-u"]["adds_per_image"] == table["wino-balanced"]["adds_per_image"]
     # another ℓ2→ℓ1 schedule retrains only the ℓ2→ℓ1 variant; the CNN's finished run stays valid
     step = dataclasses.replace(s, l2_to_l1_schedule="step")
     trained = []
@@ -575,3 +592,103 @@ def test_a_checkpoint_of_other_settings_is_never_resumed(tmp_path):
     other = train_variant(VARIANTS["wino-balanced"], data, dataclasses.replace(s2, epochs=1, eta=0.5), ckpt,
                           progress=False)
     assert [h["epoch"] for h in other["history"]] == [1]
+
+
+# ------------------------------------------------------------------------------------------------
+# Winograd-domain filters (weight_domain="winograd": U is the parameter)
+
+
+def make_u(k, c, n, dtype, device):
+    """U anywhere in R^(n×n), not only in the image of W ↦ G W Gᵀ (which has r² < n² dimensions)."""
+    return torch.randn(k, c, n, n, device=device).to(dtype)
+
+
+@pytest.mark.parametrize("shape", WINO_SHAPES, ids=wshape_id)
+@pytest.mark.parametrize("kind,m", [("balanced", 2), ("standard", 2), ("standard", 4)])
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=dt_id)
+def test_winograd_domain_filters_torch_match_formula(shape, kind, m, dtype, device):
+    n, c, k, h, w, pad, bias = shape
+    x, _, b = make(n, c, k, h, w, 3, dtype, device, bias)
+    u = make_u(k, c, m + 2, dtype, device)
+    y = winograd_adder_conv2d(x, u, b, pad, m, backend="torch", matrices=kind, weight_domain="winograd")
+    assert y.dtype == dtype
+    oracle = oracle_winograd_adder(x.cpu(), u.cpu(), None if b is None else b.cpu(), pad, m, kind, domain="winograd")
+    check(y, None, oracle.to(y.device))
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("shape", WINO_SHAPES[:2], ids=wshape_id)
+@pytest.mark.parametrize("kind,m", [("balanced", 2), ("standard", 4)])
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=dt_id)
+def test_winograd_domain_filters_triton_match_formula(shape, kind, m, dtype, device):
+    n, c, k, h, w, pad, bias = shape
+    x, _, b = make(n, c, k, h, w, 3, dtype, device, bias, channels_last=True)
+    u = make_u(k, c, m + 2, dtype, device)
+    y = winograd_adder_conv2d(x, u, b, pad, m, backend="triton", matrices=kind, weight_domain="winograd")
+    y_torch = winograd_adder_conv2d(x, u, b, pad, m, backend="torch", matrices=kind, weight_domain="winograd")
+    oracle = oracle_winograd_adder(x.cpu(), u.cpu(), None if b is None else b.cpu(), pad, m, kind, domain="winograd")
+    check(y, y_torch, oracle.to(y.device))
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.kernels)])
+def test_spatial_filters_are_their_winograd_domain_image(backend, device):
+    # W and U = G W Gᵀ (computed in float64) give the same layer on either path
+    x, wt, b = make(2, 3, 5, 7, 9, 3, torch.float32, device)
+    u = winograd_adder_weight(wt).float()
+    y_w = winograd_adder_conv2d(x, wt, b, 1, backend=backend)
+    y_u = winograd_adder_conv2d(x, u, b, 1, backend=backend, weight_domain="winograd")
+    assert (y_w - y_u).abs().max() <= 4 * ulp(torch.float32) * y_w.abs().max()
+
+
+def test_winograd_domain_gradients_follow_addernet_rules():
+    # dU = Σ (V - U) dM (full precision), dX through HardTanh(U - V): the rules of the spatial layer
+    # without the final Gᵀ dU G
+    m, n, pad = 2, 4, 1
+    nb, c, k, h, w = 2, 3, 4, 5, 6
+    x, _, _ = make(nb, c, k, h, w, 3, torch.float64, "cpu", bias=False)
+    u = make_u(k, c, n, torch.float64, "cpu")
+    x.requires_grad_()
+    u.requires_grad_()
+    y = winograd_adder_conv2d(x, u, None, pad, m, backend="torch", weight_domain="winograd")
+    g = torch.randn_like(y)
+    gx, gu = torch.autograd.grad(y, (x, u), g)
+    at, _, bt = winograd_adder_matrices(m, 3, "balanced")
+    th, tw = -(-h // m), -(-w // m)
+    xp = torch.zeros(nb, c, th * m + 2, tw * m + 2, dtype=torch.float64)
+    xp[:, :, pad:pad + h, pad:pad + w] = x.detach()
+    gp = torch.zeros(nb, k, th * m, tw * m, dtype=torch.float64)
+    gp[:, :, :h, :w] = g
+    ud = u.detach()
+    du = torch.zeros_like(ud)
+    dxp = torch.zeros_like(xp)
+    for i in range(th):
+        for j in range(tw):
+            v = bt @ xp[:, :, i * m:i * m + n, j * m:j * m + n] @ bt.T
+            dm = at.T @ gp[:, :, i * m:(i + 1) * m, j * m:(j + 1) * m] @ at
+            du += ((v[:, None] - ud[None]) * dm[:, :, None]).sum(dim=0)
+            dv = ((ud[None] - v[:, None]).clamp(-1, 1) * dm[:, :, None]).sum(dim=1)
+            dxp[:, :, i * m:i * m + n, j * m:j * m + n] += bt.T @ dv @ bt
+    assert (gu - du).abs().max() < 1e-10
+    assert (gx - dxp[:, :, pad:pad + h, pad:pad + w]).abs().max() < 1e-10
+
+
+def test_winograd_domain_module():
+    torch.manual_seed(5)
+    spatial = WinogradAdderConv2d(3, 4, padding=1, dtype=torch.float64)
+    torch.manual_seed(5)
+    layer = WinogradAdderConv2d(3, 4, padding=1, weight_domain="winograd", dtype=torch.float64)
+    # U is the parameter, initialised to G W₀ Gᵀ of the same N(0, 1) draw: both start as one layer
+    assert layer.weight.shape == (4, 3, 4, 4) and layer.kernel_size == (3, 3)
+    assert torch.allclose(layer.weight, winograd_adder_weight(spatial.weight), atol=1e-12)
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    assert torch.allclose(layer(x), spatial(x), atol=1e-10)
+    assert torch.equal(layer(x), winograd_adder_conv2d(x, layer.weight, None, 1, weight_domain="winograd"))
+    assert "weight_domain='winograd'" in repr(layer) and "weight_domain='spatial'" in repr(spatial)
+    # the adaptive learning rate scales U's gradient: norm eta·sqrt(numel(U))
+    layer(x).sum().backward()
+    assert abs(float(layer.weight.grad.norm()) - 0.2 * (4 * 3 * 16) ** 0.5) < 1e-9
+    fresh = WinogradAdderConv2d(3, 4, padding=1, weight_domain="winograd", dtype=torch.float64)
+    fresh.load_state_dict(reloaded(layer.state_dict()))
+    assert torch.equal(fresh(x), layer(x))
+    with pytest.raises(ValueError, match="weight_domain must be one of"):
+        WinogradAdderConv2d(3, 4, weight_domain="fourier")

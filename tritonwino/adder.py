@@ -26,6 +26,11 @@ and the modules scale each layer's filter gradient to norm ``eta·sqrt(numel)`` 
 learning rate, ``eta=0.2`` as in that code). The Winograd layer applies the same rules to U and V
 in the Winograd domain; autograd carries them through the (linear) transforms.
 
+Filters live in the spatial domain (``weight`` is W, ``U = G W Gᵀ``) or, with
+``weight_domain="winograd"``, in the Winograd domain (``weight`` is U itself, n×n per channel
+pair: n²/r² more parameters, the same additions per image) [ours, beyond the paper: the ℓ1 layer
+is not a convolution, so nothing ties U to the r×r filters; docs/adder.md has the measured gain].
+
 ``backend``: ``"auto"`` (Triton for CUDA tensors when no gradient is needed, torch otherwise),
 ``"triton"`` (the kernels; inference only; on CPU tensors it needs ``TRITON_INTERPRET=1``),
 ``"torch"`` (pure torch, differentiable).
@@ -47,6 +52,7 @@ from .transforms import normalize_points, tile_size, winograd_matrices, winograd
 
 __all__ = [
     "ADDER_MATRICES",
+    "WEIGHT_DOMAINS",
     "AdderConv2d",
     "WinogradAdderConv2d",
     "adder_conv2d",
@@ -54,9 +60,11 @@ __all__ = [
     "set_adder_p",
     "winograd_adder_conv2d",
     "winograd_adder_matrices",
+    "winograd_adder_weight",
 ]
 
 ADDER_MATRICES = ("balanced", "standard")
+WEIGHT_DOMAINS = ("spatial", "winograd")
 # Elements of one (rows × cols × E) block of the input-gradient computation: 1 MB in fp32 stays in
 # cache; measured 3x faster than 16 MB blocks on one CPU thread (0.09 s vs 0.29 s for 115M terms).
 _GRAD_CHUNK_ELEMS = 1 << 18
@@ -280,11 +288,19 @@ def winograd_adder_weight(weight: torch.Tensor, m: int = 2, kind: str = "balance
     return (weight.to(torch.float64).reshape(k * c, r * r) @ s).reshape(k, c, n, n)
 
 
-def _winograd_adder_torch(x, weight, bias, padding, m, kind, p):
+def _filters_u(weight: torch.Tensor, dtype: torch.dtype, m: int, r: int, kind: str, domain: str) -> torch.Tensor:
+    """U (K, C, n, n) from the layer's weight, rounded to ``dtype`` (as the operand the kernels are
+    given) and widened to float64; differentiable."""
+    if domain == "winograd":
+        return weight.to(dtype).to(torch.float64)
+    return winograd_adder_weight(weight.to(dtype), m, kind)
+
+
+def _winograd_adder_torch(x, u, bias, padding, m, r, kind, p):
     acc = _checks.accum_dtype(x.dtype)
     opd = _checks.operand_dtype(x.dtype)
     nb, c, h, w_in = x.shape
-    k, _, r, _ = weight.shape
+    k = u.shape[0]
     n = tile_size(m, r)
     ho, wo, th, tw = _tiles(h, w_in, r, m, padding)
     kb, ka = _kron(m, r, kind, acc, x.device)
@@ -295,8 +311,7 @@ def _winograd_adder_torch(x, weight, bias, padding, m, kind, p):
     win = win.reshape(nb, c, n * n, th * tw).permute(0, 3, 1, 2)  # (N, T_img, C, n²)
     v = (win @ kb).to(opd).to(acc)  # the operands the kernels read: V rounded like U
     v = v.permute(3, 0, 1, 2).reshape(n * n, nb * th * tw, c)  # (P, T, C)
-    u = winograd_adder_weight(weight.to(x.dtype), m, kind).to(opd).to(acc)
-    u = u.permute(2, 3, 0, 1).reshape(n * n, k, c)  # (P, K, C)
+    u = u.to(opd).to(acc).permute(2, 3, 0, 1).reshape(n * n, k, c)  # (P, K, C)
     mm = _NegDistance.apply(v, u, p)  # (P, T, K)
     y = mm.permute(1, 2, 0) @ ka  # (T, K, m²)
     y = y.reshape(nb, th, tw, k, m, m).permute(0, 3, 1, 4, 2, 5).reshape(nb, k, th * m, tw * m)
@@ -343,20 +358,19 @@ def _input_spec(m: int, r: int, kind: str):
     return TileSpec.from_lists(m, r, at, bt)
 
 
-def _winograd_adder_triton(x, weight, bias, padding, m, kind):
+def _winograd_adder_triton(x, u, bias, padding, m, r, kind):
     from .kernels.adder_output_transform import output_transform
     from .kernels.input_transform import input_transform
     from .kernels.winograd_adder import winograd_adder_domain
 
     nb, c, h, w_in = x.shape
-    k, _, r, _ = weight.shape
+    k = u.shape[0]
     n = tile_size(m, r)
     ho, wo, th, tw = _tiles(h, w_in, r, m, padding)
     check_index_range(x, k, c, m, r, padding)
     opd = _checks.operand_dtype(x.dtype)
     v = input_transform(x, _input_spec(m, r, kind), padding, (th, tw), opd)  # (P, C, T)
-    u = winograd_adder_weight(weight.detach().to(x.dtype), m, kind)  # float64, cast once
-    u = u.permute(2, 3, 1, 0).reshape(n * n, c, k).to(opd).contiguous()  # (P, C, K)
+    u = u.detach().permute(2, 3, 1, 0).reshape(n * n, c, k).to(opd).contiguous()  # (P, C, K), cast once
     mm = winograd_adder_domain(v, u)  # (P, K, T) fp32
     y = _checks.empty_output(x, k, ho, wo)
     return output_transform(mm, _ka_padded(m, r, kind, x.device), None if bias is None else bias.to(x.dtype), y,
@@ -417,42 +431,65 @@ def winograd_adder_conv2d(
     *,
     matrices: str = "balanced",
     p: float = 1.0,
+    weight_domain: str = "spatial",
 ) -> torch.Tensor:
     """Winograd AdderNet layer F(m, r): per m×m output tile ``Aᵀ[-Σ_c |U - V|^p]A (+ bias)``.
 
-    ``U = G W Gᵀ``, ``V = Bᵀ X B`` over the tile's n×n input window (n = m + r − 1), with
-    ``(AT, G, BT) = winograd_adder_matrices(m, r, matrices)``. The input is zero-padded by
-    ``padding`` and then zero-extended at the bottom/right until whole tiles cover the output;
-    outputs beyond it are cropped. This is a different layer from ``adder_conv2d`` (not an
-    approximation of it). Operands U and V are rounded to the input's dtype for fp16/bf16 (as
-    the kernels store them); transforms and sums run in fp32 (fp64 for fp64 inputs).
+    ``U = G W Gᵀ`` (or ``weight`` itself with ``weight_domain="winograd"``), ``V = Bᵀ X B`` over
+    the tile's n×n input window (n = m + r − 1), with ``(AT, G, BT) = winograd_adder_matrices(m, r,
+    matrices)``. The input is zero-padded by ``padding`` and then zero-extended at the
+    bottom/right until whole tiles cover the output; outputs beyond it are cropped. This is a
+    different layer from ``adder_conv2d`` (not an approximation of it). Operands U and V are
+    rounded to the input's dtype for fp16/bf16 (as the kernels store them); transforms and sums
+    run in fp32 (fp64 for fp64 inputs).
 
     Args:
         x: input (N, C, H, W), float32/float16/bfloat16/float64, NCHW or channels_last.
-        weight: spatial filters (K, C, r, r), odd r (cast to ``x``'s dtype).
+        weight: spatial filters W (K, C, r, r), odd r; or, with ``weight_domain="winograd"``, the
+            Winograd-domain filters U (K, C, n, n), n = m + r − 1 (r odd). Cast to ``x``'s dtype.
         bias: optional (K,).
         padding: int or (ph, pw).
         m: output tile size (``matrices="balanced"`` needs m = 2, r = 3).
         backend: ``"auto"``, ``"triton"`` or ``"torch"``.
         matrices: ``"balanced"`` (default) or ``"standard"``.
         p: distance exponent in [1, 2] (1 = ℓ1; torch path only for p > 1).
+        weight_domain: ``"spatial"`` (default: ``weight`` is W) or ``"winograd"`` (``weight`` is U).
 
     Example:
         >>> x, w = torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3)
         >>> winograd_adder_conv2d(x, w, padding=1).shape
         torch.Size([1, 4, 8, 8])
+        >>> u = winograd_adder_weight(w)  # the same layer, its filters given in the Winograd domain
+        >>> winograd_adder_conv2d(x, u, padding=1, weight_domain="winograd").shape
+        torch.Size([1, 4, 8, 8])
     """
     pad, p = _check_common(x, weight, bias, padding, backend, p)
-    k, c, r = _checks.check_weight(weight)
-    if r % 2 == 0:  # check_weight takes even kernels (the convolution decomposes them); the adder does not
-        raise ValueError(f"kernel size {r}x{r} is not supported: the Winograd adder needs an odd kernel")
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise ValueError(f"m must be a positive int, got {m!r}")
+    r = _kernel_size(weight, m, weight_domain)
     _check_kind(matrices, m, r)
     _checks.output_size(x.shape[2], x.shape[3], r, pad)
     if _resolve_backend(backend, x, p, weight, bias) == "torch":
-        return _winograd_adder_torch(x, weight, bias, pad, m, matrices, p)
-    return _winograd_adder_triton(x, weight, bias, pad, m, matrices)
+        u = _filters_u(weight, x.dtype, m, r, matrices, weight_domain)
+        return _winograd_adder_torch(x, u, bias, pad, m, r, matrices, p)
+    u = _filters_u(weight.detach(), x.dtype, m, r, matrices, weight_domain)
+    return _winograd_adder_triton(x, u, bias, pad, m, r, matrices)
+
+
+def _kernel_size(weight: torch.Tensor, m: int, domain: str) -> int:
+    """The layer's odd kernel size r, from W (K, C, r, r) or from U (K, C, m + r − 1, m + r − 1)."""
+    if domain not in WEIGHT_DOMAINS:
+        raise ValueError(f"weight_domain must be one of {WEIGHT_DOMAINS}, got {domain!r}")
+    _, _, side = _checks.check_weight(weight)
+    if domain == "winograd":
+        r = side - m + 1
+        if r < 1 or r % 2 == 0:
+            raise ValueError(f"a Winograd-domain weight of F({m}, r) is (K, C, n, n) with n = {m} + r - 1 for an odd "
+                             f"r, got {side}x{side} (r = {r}); for F({m},3) it is {m + 2}x{m + 2}")
+        return r
+    if side % 2 == 0:  # check_weight takes even kernels (the convolution decomposes them); the adder does not
+        raise ValueError(f"kernel size {side}x{side} is not supported: the Winograd adder needs an odd kernel")
+    return side
 
 
 # ------------------------------------------------------------------------------------------------
@@ -550,7 +587,8 @@ class AdderConv2d(_AdderBase):
 
 
 class WinogradAdderConv2d(_AdderBase):
-    """Winograd AdderNet layer (``winograd_adder_conv2d``); the parameter is the spatial filter W.
+    """Winograd AdderNet layer (``winograd_adder_conv2d``); the parameter is the spatial filter W
+    (K, C, r, r), or with ``weight_domain="winograd"`` the Winograd-domain filter U (K, C, n, n).
 
     Args:
         in_channels, out_channels: channel counts.
@@ -558,6 +596,10 @@ class WinogradAdderConv2d(_AdderBase):
         padding, bias, backend, eta, p: as ``AdderConv2d``.
         m: output tile size.
         matrices: ``"balanced"`` (default) or ``"standard"`` (``winograd_adder_matrices``).
+        weight_domain: ``"spatial"`` (default) or ``"winograd"``: U is the parameter, initialised
+            to ``G W₀ Gᵀ`` for AdderNet's N(0, 1) filters W₀ (so both start as the same layer);
+            n²/r² more parameters, the same additions per image, and lower training loss
+            (docs/adder.md).
 
     Example:
         >>> layer = WinogradAdderConv2d(3, 8, padding=1)
@@ -568,20 +610,27 @@ class WinogradAdderConv2d(_AdderBase):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  padding: int | tuple[int, int] = 0, bias: bool = False, m: int = 2,
                  matrices: str = "balanced", backend: str = "auto", eta: float | None = 0.2,
-                 p: float = 1.0, device=None, dtype=None) -> None:
+                 p: float = 1.0, weight_domain: str = "spatial", device=None, dtype=None) -> None:
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
                 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd int for the Winograd layer, got {kernel_size!r}")
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
             raise ValueError(f"m must be a positive int, got {m!r}")
         _check_kind(matrices, m, kernel_size)
+        if weight_domain not in WEIGHT_DOMAINS:
+            raise ValueError(f"weight_domain must be one of {WEIGHT_DOMAINS}, got {weight_domain!r}")
         super().__init__(in_channels, out_channels, kernel_size, padding, bias, backend, eta, p, device, dtype)
         self.m = m
         self.matrices = matrices
+        self.weight_domain = weight_domain
+        if weight_domain == "winograd":
+            with torch.no_grad():  # U in float64 from the spatial initialisation, then cast
+                u = winograd_adder_weight(self.weight, m, matrices).to(self.weight.dtype)
+            self.weight = nn.Parameter(u)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return winograd_adder_conv2d(x, self._weight(), self.bias, self.padding, self.m, self.backend,
-                                     matrices=self.matrices, p=self.p)
+                                     matrices=self.matrices, p=self.p, weight_domain=self.weight_domain)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, m={self.m}, matrices={self.matrices!r}"
+        return f"{super().extra_repr()}, m={self.m}, matrices={self.matrices!r}, weight_domain={self.weight_domain!r}"

@@ -47,6 +47,7 @@ class Variant:
     layer: str                 # "conv" | "adder" | "winograd"
     matrices: str = ""         # winograd only: "standard" | "balanced"
     l2_to_l1: bool = False
+    filters: str = "spatial"   # winograd only: "spatial" (W is the parameter) | "winograd" (U is)
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -56,6 +57,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("wino-standard-l2l1", "winograd", "standard", True),
     Variant("wino-balanced", "winograd", "balanced"),
     Variant("wino-balanced-l2l1", "winograd", "balanced", True),
+    Variant("wino-balanced-u", "winograd", "balanced", filters="winograd"),
 )}
 
 
@@ -76,7 +78,8 @@ def make_model(variant: Variant | str, widths: Sequence[int] = (16, 16, 32), in_
         elif v.layer == "adder":
             mid = AdderConv2d(cin, cout, 3, padding=1, eta=eta)
         else:
-            mid = WinogradAdderConv2d(cin, cout, 3, padding=1, m=2, matrices=v.matrices, eta=eta)
+            mid = WinogradAdderConv2d(cin, cout, 3, padding=1, m=2, matrices=v.matrices, eta=eta,
+                                      weight_domain=v.filters)
         layers += [mid, nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         side //= 2
     layers += [nn.Flatten(), nn.Linear(w2 * side * side, num_classes)]
@@ -341,9 +344,9 @@ def _settings_key(settings: Settings | dict, variant: Variant) -> dict:
 # output files
 
 ENV_KEYS = ("device", "threads", "torch", "triton", "tritonwino", "timestamp")
-COLUMNS = ("variant", "layer", "matrices", "l2_to_l1", "test_acc", "best_acc", "train_loss", "adds_per_image",
-           "mults_per_image", "tile_imbalance", "cpu_seconds", "epochs", "batch_size", "lr", "eta", "l2_to_l1_end",
-           "l2_to_l1_schedule", "widths", "seed", "train_size", "test_size", *ENV_KEYS)
+COLUMNS = ("variant", "layer", "matrices", "l2_to_l1", "filters", "params", "test_acc", "best_acc", "train_loss",
+           "adds_per_image", "mults_per_image", "tile_imbalance", "cpu_seconds", "epochs", "batch_size", "lr", "eta",
+           "l2_to_l1_end", "l2_to_l1_schedule", "widths", "seed", "train_size", "test_size", *ENV_KEYS)
 
 
 def write_outputs(rows: list[dict], stem: str | Path, settings: Settings) -> list[Path]:
@@ -353,12 +356,17 @@ def write_outputs(rows: list[dict], stem: str | Path, settings: Settings) -> lis
     run = {"epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr, "eta": settings.eta,
            "l2_to_l1_end": settings.l2_to_l1_end, "l2_to_l1_schedule": settings.l2_to_l1_schedule,
            "widths": "-".join(map(str, settings.widths)), "seed": settings.seed}
+    # derived from the variant, not stored: rows written before these columns existed still get them
+    derived = {name: {"filters": _filters_label(v), "params": _param_count(v, settings.widths)}
+               for name, v in VARIANTS.items()}
+    rows = [{**r, **derived.get(r["variant"], {})} for r in rows]
     summary = [{c: {**r, **run}.get(c) for c in COLUMNS} for r in rows]
     epochs = [{"variant": r["variant"], **h} for r in rows for h in r["history"]]
     paths = [*write_rows(summary, stem.parent, stem.name), *write_rows(epochs, stem.parent, stem.name + "_epochs")]
     cnn = next((r for r in rows if r["layer"] == "conv"), None)
     table = [{
         "variant": r["variant"], "matrices": r["matrices"], "ℓ2→ℓ1": "yes" if r["l2_to_l1"] else "no",
+        "filters": r.get("filters", ""), "params": f"{r['params']:,}" if "params" in r else "",
         "test acc %": f"{r['test_acc']:.2f}", "Δ vs CNN": f"{r['test_acc'] - cnn['test_acc']:+.2f}" if cnn else "",
         "best %": f"{r['best_acc']:.2f}", "adds/image": f"{r['adds_per_image']:,}",
         "mults/image": f"{r['mults_per_image']:,}",
@@ -382,7 +390,8 @@ def write_outputs(rows: list[dict], stem: str | Path, settings: Settings) -> lis
         "epochs). Ops per image: the conv-like layers, BatchNorm where it cannot be folded, and the classifier "
         "(conventions in `tritonwino.experiments.adder.count_ops`). Tile imbalance: spread of a Winograd adder "
         "layer's per-tile-position channel means over the channel's std, on 500 test images "
-        "(`tile_imbalance`). CPU s: process CPU time of training and evaluation.",
+        "(`tile_imbalance`). Filters: the adder layers' parameter, spatial W (r×r) or Winograd-domain U "
+        "(n×n); params: the whole network's. CPU s: process CPU time of training and evaluation.",
         "",
         markdown_table(table, list(table[0]) if table else []),
     ]
@@ -397,6 +406,16 @@ def write_outputs(rows: list[dict], stem: str | Path, settings: Settings) -> lis
     png = plot_results(stem.parent / f"{stem.name}.csv", stem.parent / f"{stem.name}_epochs.csv",
                        stem.parent / f"{stem.name}.png")
     return [*paths, md, png]
+
+
+def _filters_label(v: Variant) -> str:
+    if v.layer != "winograd":
+        return "-"
+    return "U (winograd)" if v.filters == "winograd" else "W (spatial)"
+
+
+def _param_count(v: Variant, widths: Sequence[int]) -> int:
+    return sum(t.numel() for t in make_model(v, widths).parameters())
 
 
 def plot_results(summary_csv: str | Path, epochs_csv: str | Path, png: str | Path) -> Path:
