@@ -1,8 +1,9 @@
 """CNN vs AdderNet vs Winograd AdderNet on Fashion-MNIST: accuracy and counted operations per image.
 
-One small CNN (conv → 2 × [3x3 layer → BN → ReLU → pool] → Linear) is trained six times, the two
-middle layers being: Conv2d (cnn), AdderConv2d (addernet), WinogradAdderConv2d F(2,3) with the
-standard or the balanced matrices, each without and with the ℓ2→ℓ1 schedule. Everything runs on
+One small CNN (conv → 2 × [3x3 layer → BN → ReLU → pool] → Linear) is trained once per variant,
+the two middle layers being: Conv2d (cnn), AdderConv2d (addernet), WinogradAdderConv2d F(2,3) with
+the standard or the balanced matrices, each without and with the ℓ2→ℓ1 schedule, and the balanced
+layer with Winograd-domain filters U as its parameter (wino-balanced-u). Everything runs on
 the CPU with one torch thread by default. Each variant checkpoints after every epoch in --work
 and a finished variant is never retrained, so an interrupted run resumes where it stopped (the
 same command again); changing a setting starts a new set of rows.
@@ -10,7 +11,10 @@ same command again); changing a setting starts a new set of rows.
 Writes <out>.csv, <out>.md and <out>.png (default bench/results/adder_fashion_mnist.*). See
 docs/adder.md for what the variants are and what the numbers mean.
 
-Run:  python bench/adder_fashion_mnist.py                 (the committed run, ~1.1 CPU-hours)
+Run:  python bench/adder_fashion_mnist.py                 (all seven variants, 6 epochs, ~1.2 CPU-hours;
+                                                          the committed 6-epoch rows have the first six)
+      python bench/adder_fashion_mnist.py --variants cnn addernet wino-balanced wino-balanced-u \
+          --epochs 12 --out bench/results/adder_fashion_mnist_12ep     (the 12-epoch rows, ~1 CPU-hour)
       python bench/adder_fashion_mnist.py --train-limit 2000 --test-limit 500 --epochs 1 --out /tmp/quick
 """
 
@@ -28,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                    help="which variants to train (default: all six)")
+                    help="which variants to train (default: all seven)")
     ap.add_argument("--epochs", type=int, default=6, help="training epochs per variant (default 6)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1, help="initial learning rate of the cosine schedule")

@@ -2,7 +2,8 @@
 
 Four layer kinds share one architecture (``make_model``): the first convolution and the
 classifier stay multiplication-based, as in AdderNet; the two middle 3×3 layers are ``Conv2d``,
-``AdderConv2d`` or ``WinogradAdderConv2d`` (standard or balanced matrices), each followed by
+``AdderConv2d`` or ``WinogradAdderConv2d`` (standard or balanced matrices; the balanced one also
+with Winograd-domain filters U as its parameter), each followed by
 BatchNorm, ReLU and 2×2 max-pooling. ``count_ops`` counts additions and multiplications per image;
 ``run_experiment`` trains every variant (resumable from per-run checkpoints) and writes result
 rows. Used by ``bench/adder_fashion_mnist.py``.
