@@ -193,12 +193,16 @@ def test_adder_torch_matches_formula(shape, dtype, device):
 @pytest.mark.parametrize("shape", WINO_SHAPES, ids=wshape_id)
 @pytest.mark.parametrize("kind,m", [("balanced", 2), ("standard", 2), ("standard", 4)])
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=dt_id)
-def test_winograd_adder_torch_matches_formula(shape, kind, m, dtype, device):
+@pytest.mark.parametrize("domain", ["spatial", "winograd"])
+def test_winograd_adder_torch_matches_formula(shape, kind, m, dtype, domain, device):
     n, c, k, h, w, pad, bias = shape
     x, wt, b = make(n, c, k, h, w, 3, dtype, device, bias)
-    y = winograd_adder_conv2d(x, wt, b, pad, m, backend="torch", matrices=kind)
+    if domain == "winograd":  # U as the parameter: (K, C, n, n)
+        wt = make_u(k, c, m + 2, dtype, device)
+    y = winograd_adder_conv2d(x, wt, b, pad, m, backend="torch", matrices=kind, weight_domain=domain)
     assert y.dtype == dtype
-    check(y, None, oracle_winograd_adder(x.cpu(), wt.cpu(), None if b is None else b.cpu(), pad, m, kind).to(y.device))
+    oracle = oracle_winograd_adder(x.cpu(), wt.cpu(), None if b is None else b.cpu(), pad, m, kind, domain=domain)
+    check(y, None, oracle.to(y.device))
 
 
 @pytest.mark.parametrize("p", [2.0, 1.5])
@@ -377,24 +381,28 @@ def test_adder_gradients_follow_addernet_rules():
 
 
 @pytest.mark.parametrize("kind", ["balanced", "standard"])
-def test_winograd_adder_gradients_follow_addernet_rules(kind):
+@pytest.mark.parametrize("domain", ["spatial", "winograd"])
+def test_winograd_adder_gradients_follow_addernet_rules(kind, domain):
     m, r, n = 2, 3, 4
     nb, c, k, h, w, pad = 2, 3, 4, 5, 6, 1
     x, wt, _ = make(nb, c, k, h, w, r, torch.float64, "cpu", bias=False)
+    if domain == "winograd":  # U itself is the parameter, anywhere in R^(n×n)
+        wt = make_u(k, c, n, torch.float64, "cpu")
     x.requires_grad_()
     wt.requires_grad_()
-    y = winograd_adder_conv2d(x, wt, None, pad, m, backend="torch", matrices=kind)
+    y = winograd_adder_conv2d(x, wt, None, pad, m, backend="torch", matrices=kind, weight_domain=domain)
     g = torch.randn_like(y)
     gx, gw = torch.autograd.grad(y, (x, wt), g)
     # hand formula, tile by tile: dM = A g Aᵀ; dU = Σ (V - U) dM; dV = Σ_k HardTanh(U - V) dM;
-    # dW = Gᵀ dU G; dX_tile = B dV Bᵀ, accumulated over overlapping tiles, cropped to the input.
+    # dW = Gᵀ dU G (U the parameter: dU itself); dX_tile = B dV Bᵀ, accumulated over overlapping
+    # tiles, cropped to the input.
     at, gm, bt = winograd_adder_matrices(m, r, kind)
     th, tw = -(-h // m), -(-w // m)
     xp = torch.zeros(nb, c, th * m + 2, tw * m + 2, dtype=torch.float64)
     xp[:, :, pad:pad + h, pad:pad + w] = x.detach()
     gp = torch.zeros(nb, k, th * m, tw * m, dtype=torch.float64)
     gp[:, :, :h, :w] = g
-    u = gm @ wt.detach() @ gm.T
+    u = wt.detach() if domain == "winograd" else gm @ wt.detach() @ gm.T
     du = torch.zeros_like(u)
     dxp = torch.zeros_like(xp)
     for i in range(th):
@@ -404,7 +412,7 @@ def test_winograd_adder_gradients_follow_addernet_rules(kind):
             du += ((v[:, None] - u[None]) * dm[:, :, None]).sum(dim=0)
             dv = ((u[None] - v[:, None]).clamp(-1, 1) * dm[:, :, None]).sum(dim=1)
             dxp[:, :, i * m:i * m + n, j * m:j * m + n] += bt.T @ dv @ bt
-    gw_ref = gm.T @ du @ gm
+    gw_ref = du if domain == "winograd" else gm.T @ du @ gm
     gx_ref = dxp[:, :, pad:pad + h, pad:pad + w]
     assert (gw - gw_ref).abs().max() < 1e-10
     assert (gx - gx_ref).abs().max() < 1e-10
@@ -603,19 +611,6 @@ def make_u(k, c, n, dtype, device):
     return torch.randn(k, c, n, n, device=device).to(dtype)
 
 
-@pytest.mark.parametrize("shape", WINO_SHAPES, ids=wshape_id)
-@pytest.mark.parametrize("kind,m", [("balanced", 2), ("standard", 2), ("standard", 4)])
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=dt_id)
-def test_winograd_domain_filters_torch_match_formula(shape, kind, m, dtype, device):
-    n, c, k, h, w, pad, bias = shape
-    x, _, b = make(n, c, k, h, w, 3, dtype, device, bias)
-    u = make_u(k, c, m + 2, dtype, device)
-    y = winograd_adder_conv2d(x, u, b, pad, m, backend="torch", matrices=kind, weight_domain="winograd")
-    assert y.dtype == dtype
-    oracle = oracle_winograd_adder(x.cpu(), u.cpu(), None if b is None else b.cpu(), pad, m, kind, domain="winograd")
-    check(y, None, oracle.to(y.device))
-
-
 @pytest.mark.kernels
 @pytest.mark.parametrize("shape", WINO_SHAPES[:2], ids=wshape_id)
 @pytest.mark.parametrize("kind,m", [("balanced", 2), ("standard", 4)])
@@ -638,38 +633,6 @@ def test_spatial_filters_are_their_winograd_domain_image(backend, device):
     y_w = winograd_adder_conv2d(x, wt, b, 1, backend=backend)
     y_u = winograd_adder_conv2d(x, u, b, 1, backend=backend, weight_domain="winograd")
     assert (y_w - y_u).abs().max() <= 4 * ulp(torch.float32) * y_w.abs().max()
-
-
-def test_winograd_domain_gradients_follow_addernet_rules():
-    # dU = Σ (V - U) dM (full precision), dX through HardTanh(U - V): the rules of the spatial layer
-    # without the final Gᵀ dU G
-    m, n, pad = 2, 4, 1
-    nb, c, k, h, w = 2, 3, 4, 5, 6
-    x, _, _ = make(nb, c, k, h, w, 3, torch.float64, "cpu", bias=False)
-    u = make_u(k, c, n, torch.float64, "cpu")
-    x.requires_grad_()
-    u.requires_grad_()
-    y = winograd_adder_conv2d(x, u, None, pad, m, backend="torch", weight_domain="winograd")
-    g = torch.randn_like(y)
-    gx, gu = torch.autograd.grad(y, (x, u), g)
-    at, _, bt = winograd_adder_matrices(m, 3, "balanced")
-    th, tw = -(-h // m), -(-w // m)
-    xp = torch.zeros(nb, c, th * m + 2, tw * m + 2, dtype=torch.float64)
-    xp[:, :, pad:pad + h, pad:pad + w] = x.detach()
-    gp = torch.zeros(nb, k, th * m, tw * m, dtype=torch.float64)
-    gp[:, :, :h, :w] = g
-    ud = u.detach()
-    du = torch.zeros_like(ud)
-    dxp = torch.zeros_like(xp)
-    for i in range(th):
-        for j in range(tw):
-            v = bt @ xp[:, :, i * m:i * m + n, j * m:j * m + n] @ bt.T
-            dm = at.T @ gp[:, :, i * m:(i + 1) * m, j * m:(j + 1) * m] @ at
-            du += ((v[:, None] - ud[None]) * dm[:, :, None]).sum(dim=0)
-            dv = ((ud[None] - v[:, None]).clamp(-1, 1) * dm[:, :, None]).sum(dim=1)
-            dxp[:, :, i * m:i * m + n, j * m:j * m + n] += bt.T @ dv @ bt
-    assert (gu - du).abs().max() < 1e-10
-    assert (gx - dxp[:, :, pad:pad + h, pad:pad + w]).abs().max() < 1e-10
 
 
 def test_winograd_domain_module():
