@@ -98,6 +98,11 @@ def make(n, c, k, h, w, r, dtype, device, bias=True, rw=None, channels_last=Fals
     return x, wt, b
 
 
+def make_u(k, c, n, dtype, device):
+    """U anywhere in R^(n×n), not only in the image of W ↦ G W Gᵀ (which has r² < n² dimensions)."""
+    return torch.randn(k, c, n, n, device=device).to(dtype)
+
+
 # (N, C, K, H, W, kh, kw, padding, bias): odd sizes, partial blocks, rectangular kernels and padding.
 ADDER_SHAPES = [
     (2, 3, 5, 7, 9, 3, 3, 1, True),
@@ -604,11 +609,6 @@ def test_a_checkpoint_of_other_settings_is_never_resumed(tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 # Winograd-domain filters (weight_domain="winograd": U is the parameter)
-
-
-def make_u(k, c, n, dtype, device):
-    """U anywhere in R^(n×n), not only in the image of W ↦ G W Gᵀ (which has r² < n² dimensions)."""
-    return torch.randn(k, c, n, n, device=device).to(dtype)
 
 
 @pytest.mark.kernels

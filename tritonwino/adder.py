@@ -288,7 +288,7 @@ def winograd_adder_weight(weight: torch.Tensor, m: int = 2, kind: str = "balance
     return (weight.to(torch.float64).reshape(k * c, r * r) @ s).reshape(k, c, n, n)
 
 
-def _filters_u(weight: torch.Tensor, dtype: torch.dtype, m: int, r: int, kind: str, domain: str) -> torch.Tensor:
+def _filters_u(weight: torch.Tensor, dtype: torch.dtype, m: int, kind: str, domain: str) -> torch.Tensor:
     """U (K, C, n, n) from the layer's weight, rounded to ``dtype`` (as the operand the kernels are
     given) and widened to float64; differentiable."""
     if domain == "winograd":
@@ -469,17 +469,21 @@ def winograd_adder_conv2d(
     r = _kernel_size(weight, m, weight_domain)
     _check_kind(matrices, m, r)
     _checks.output_size(x.shape[2], x.shape[3], r, pad)
-    if _resolve_backend(backend, x, p, weight, bias) == "torch":
-        u = _filters_u(weight, x.dtype, m, r, matrices, weight_domain)
+    be = _resolve_backend(backend, x, p, weight, bias)
+    u = _filters_u(weight, x.dtype, m, matrices, weight_domain)
+    if be == "torch":
         return _winograd_adder_torch(x, u, bias, pad, m, r, matrices, p)
-    u = _filters_u(weight.detach(), x.dtype, m, r, matrices, weight_domain)
     return _winograd_adder_triton(x, u, bias, pad, m, r, matrices)
+
+
+def _check_domain(domain: str) -> None:
+    if domain not in WEIGHT_DOMAINS:
+        raise ValueError(f"weight_domain must be one of {WEIGHT_DOMAINS}, got {domain!r}")
 
 
 def _kernel_size(weight: torch.Tensor, m: int, domain: str) -> int:
     """The layer's odd kernel size r, from W (K, C, r, r) or from U (K, C, m + r − 1, m + r − 1)."""
-    if domain not in WEIGHT_DOMAINS:
-        raise ValueError(f"weight_domain must be one of {WEIGHT_DOMAINS}, got {domain!r}")
+    _check_domain(domain)
     _, _, side = _checks.check_weight(weight)
     if domain == "winograd":
         r = side - m + 1
@@ -617,8 +621,7 @@ class WinogradAdderConv2d(_AdderBase):
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
             raise ValueError(f"m must be a positive int, got {m!r}")
         _check_kind(matrices, m, kernel_size)
-        if weight_domain not in WEIGHT_DOMAINS:
-            raise ValueError(f"weight_domain must be one of {WEIGHT_DOMAINS}, got {weight_domain!r}")
+        _check_domain(weight_domain)
         super().__init__(in_channels, out_channels, kernel_size, padding, bias, backend, eta, p, device, dtype)
         self.m = m
         self.matrices = matrices

@@ -358,16 +358,15 @@ def write_outputs(rows: list[dict], stem: str | Path, settings: Settings) -> lis
            "l2_to_l1_end": settings.l2_to_l1_end, "l2_to_l1_schedule": settings.l2_to_l1_schedule,
            "widths": "-".join(map(str, settings.widths)), "seed": settings.seed}
     # derived from the variant, not stored: rows written before these columns existed still get them
-    derived = {name: {"filters": _filters_label(v), "params": _param_count(v, settings.widths)}
-               for name, v in VARIANTS.items()}
-    rows = [{**r, **derived.get(r["variant"], {})} for r in rows]
+    rows = [{**r, "filters": _filters_label(VARIANTS[r["variant"]]),
+             "params": _param_count(VARIANTS[r["variant"]], settings.widths)} for r in rows]
     summary = [{c: {**r, **run}.get(c) for c in COLUMNS} for r in rows]
     epochs = [{"variant": r["variant"], **h} for r in rows for h in r["history"]]
     paths = [*write_rows(summary, stem.parent, stem.name), *write_rows(epochs, stem.parent, stem.name + "_epochs")]
     cnn = next((r for r in rows if r["layer"] == "conv"), None)
     table = [{
         "variant": r["variant"], "matrices": r["matrices"], "ℓ2→ℓ1": "yes" if r["l2_to_l1"] else "no",
-        "filters": r.get("filters", ""), "params": f"{r['params']:,}" if "params" in r else "",
+        "filters": r["filters"], "params": f"{r['params']:,}",
         "test acc %": f"{r['test_acc']:.2f}", "Δ vs CNN": f"{r['test_acc'] - cnn['test_acc']:+.2f}" if cnn else "",
         "best %": f"{r['best_acc']:.2f}", "adds/image": f"{r['adds_per_image']:,}",
         "mults/image": f"{r['mults_per_image']:,}",
