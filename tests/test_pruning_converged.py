@@ -3,11 +3,13 @@ synthetic batches, the training-loop pieces it adds (resume, augmentation, disti
 runs of the grid that stop, resume, refuse other settings and rebuild their table and plot."""
 
 import csv
+import json
 import os
 import pickle
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -295,6 +297,39 @@ def test_grid_seeds_in_parallel_processes_share_one_out(tmp_path):
         ("dense", s, st) for s in ("0", "1") for st in ("2", "4")}
     assert converged_grid.main(["--out", str(out), "--plot-only"]) == 0
     assert "| yu | plain | 1x1 | 0 | 0.5 | 2 |" in (tmp_path / "grid.md").read_text()  # two seeds per mean
+
+
+def test_grid_config_is_never_read_half_written(tmp_path, monkeypatch):
+    # regression: two seeds started together, one read config.json while the other was writing it
+    # (JSONDecodeError). The file is now written once, to a private name, then renamed into place.
+    state = tmp_path / "grid.state"
+    cfg = {"dense_lr": 0.05, "m": 4}
+    writes = []
+    real = os.replace
+    monkeypatch.setattr(converged_grid.os, "replace", lambda a, b: (writes.append((a, b)), real(a, b))[1])
+    converged_grid._check_config(state, cfg)
+    assert [Path(b).name for _, b in writes] == ["config.json"] and str(os.getpid()) in Path(writes[0][0]).name
+    converged_grid._check_config(state, cfg)  # same settings: read, not written again
+    assert len(writes) == 1 and json.loads((state / "config.json").read_text()) == cfg
+    assert sorted(p.name for p in state.iterdir()) == ["config.json"]  # no temporary left behind
+
+
+def test_grid_refuses_a_seed_another_process_is_running(tmp_path):
+    out = tmp_path / "grid"
+    state = tmp_path / "grid.state"
+    state.mkdir()
+    code = ("import sys, time; from pathlib import Path; from tritonwino.experiments.converged_grid import "
+            "_claim_seeds; h = _claim_seeds(Path(sys.argv[1]), [1]); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(state)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match=rf"seed 1 of .*grid is being run by pid {holder.pid}"):
+            converged_grid.main(_args(out, "--seeds", "0,1"))
+        converged_grid._claim_seeds(state, [0])[0].close()  # the other seed stays free, and its lock was let go
+    finally:
+        holder.kill()
+        holder.wait()
+    converged_grid._claim_seeds(state, [1])[0].close()  # the holder's death releases its seed
 
 
 def test_grid_refuses_other_settings_but_may_grow(tmp_path, monkeypatch):

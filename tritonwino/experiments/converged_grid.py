@@ -351,8 +351,38 @@ def _check_config(state: Path, cfg: dict) -> None:
             lines = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise SystemExit(f"{state} holds a run with other settings ({lines}). Rerun with the same settings to "
                              "continue it, or give another --out (or delete that directory) to start a new one.")
+        return
     state.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    # one seed per process is the documented way to use both cores: two runs starting together must
+    # never let one read the other's half-written file, so write a private temporary and rename it
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _claim_seeds(state: Path, seeds: list[int]) -> list:
+    """Lock each seed of this run for the life of the process. Two processes on one seed would train
+    the same cells twice and overwrite each other's checkpoints; the second is refused instead."""
+    held = []
+    for seed in seeds:
+        path = state / f"seed{seed}.lock"
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            f.close()
+            for g in held:
+                g.close()
+            raise SystemExit(f"seed {seed} of {state.parent / state.stem} is being run by {owner}: wait for it, "
+                             "or stop it first (it resumes from its checkpoints)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        held.append(f)
+    return held
 
 
 # ------------------------------------------------------------------------------------------------
@@ -385,6 +415,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
     eval_every = args.eval_every or epoch
     augment = random_crop_flip(args.crop_pad, flip=not args.no_flip)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    held = _claim_seeds(paths["state"], seeds)  # noqa: F841 -- the locks last as long as the run
     grid = cells(args)
     env = environment("cpu")
     common = {
