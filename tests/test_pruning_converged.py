@@ -2,6 +2,7 @@
 synthetic batches, the training-loop pieces it adds (resume, augmentation, distillation), and tiny
 runs of the grid that stop, resume, refuse other settings and rebuild their table and plot."""
 
+import argparse
 import csv
 import json
 import os
@@ -409,3 +410,45 @@ def test_grid_winograd_stage_length_and_a_dense_model_carried_to_a_new_out(tmp_p
     # spatial stages retrain --stage-epochs (0.5 epoch = 2 steps), Winograd ones --winograd-stage-epochs (4)
     assert [(r["phase"], r["steps"]) for r in rows_b[1:]] == [("spatial", "2"), ("winograd", "4")]
     assert rows_b[1]["winograd_stage_steps"] == "4" and rows_a[1]["winograd_stage_steps"] == "2"
+
+
+def test_grid_recipes_parse_and_refuse_by_name():
+    a = converged_grid.parse_args(["--out", "x", "--methods", "yu+reparam+distill,li+reparam,liu", "--granularities",
+                                   "1x1"])
+    assert [(c.key, c.distill, c.reparam) for c in converged_grid.cells(a)] == [
+        ("yu-distill+reparam-1x1", True, True), ("li-reparam-1x1", False, True), ("liu-plain-1x1", False, False)]
+    # reparam retrains the Winograd-domain stages through spatial kernels, at the spatial lr
+    yu = converged_grid.cells(a)[0]
+    assert [lr for _, _, lr in yu.stages(a)] == [a.spatial_lr] * 5
+    plain = converged_grid.Cell("yu", "plain", (1, 1))
+    assert [lr for _, _, lr in plain.stages(a)] == [a.spatial_lr] * 2 + [a.winograd_lr] * 3
+    for spec, match in (("wrelu+reparam", "Winograd-ReLU"), ("spatial+reparam", "no Winograd-domain stage"),
+                        ("yu+reparam+reparam", "twice"), ("yu+distil", "unknown recipe 'distil'")):
+        with pytest.raises(ValueError, match=match):
+            converged_grid.cells(_ns(spec))
+    assert "yu+distill+reparam" in converged_grid.parse_args(["--out", "x"]).methods  # in the default grid
+
+
+def _ns(methods):
+    return argparse.Namespace(methods=methods, granularities="1x1")
+
+
+def test_grid_reparam_cell_runs_and_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "grid"
+    calls = []
+    # stopped at its second Winograd stage; the checkpoint in between holds a plain Q
+    _spy(monkeypatch, calls, stop_at="seed 0 yu-reparam-1x1 0.8")
+    args = _args(out, "--methods", "yu+reparam", "--granularities", "1x1", "--winograd-targets", "0.7,0.8")
+    with pytest.raises(_Stop):
+        converged_grid.main(args)
+    state = torch.load(tmp_path / "grid.state" / "seed0" / "yu-reparam-1x1.pt", weights_only=False)
+    assert state["stage"] == 1 and not any("parametrizations" in k for k in state["model"])
+    calls.clear()
+    _spy(monkeypatch, calls)
+    assert converged_grid.main(args) == 0
+    assert [c[0] for c in calls] == ["seed 0 yu-reparam-1x1 0.8"]
+    rows = [r for r in _rows(f"{out}.csv") if r["method"] == "yu"]
+    assert [(r["recipe"], r["phase"], r["target"]) for r in rows] == [
+        ("reparam", "spatial", "0.5"), ("reparam", "winograd", "0.7"), ("reparam", "winograd", "0.8")]
+    for r in rows:
+        assert abs(float(r["winograd_sparsity"]) - float(r["target"])) < 0.02

@@ -34,7 +34,10 @@ Protocol (defaults; every number is an option, ``--help``):
   3×3 convs.
 * **Recipes** (beyond the paper): ``METHOD+distill`` retrains every stage with knowledge
   distillation from the converged dense model of the same seed (``--distill-temperature``,
-  ``--distill-weight``): loss = (1 − w)·CE + w·T²·KL(teacher ‖ student).
+  ``--distill-weight``): loss = (1 − w)·CE + w·T²·KL(teacher ‖ student). ``METHOD+reparam`` retrains
+  every Winograd-domain stage through the spatial kernels, ``Q = (G W Gᵀ) ⊙ mask`` with W trainable
+  (``tritonwino.pruning.spatial_kernels``), at the spatial lr ``--spatial-lr`` and without the F̂
+  gradient scaling (methods yu, li, liu). Both: ``METHOD+distill+reparam``.
 
 Rows (``OUT.csv``): one per finished stage of each cell, and ``method == "dense"`` rows for each
 seed's converged dense model; columns ``method, recipe, granularity, seed, stage, phase, target,
@@ -53,6 +56,7 @@ is refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import fcntl
 import json
@@ -76,6 +80,7 @@ from ..pruning import (
     convert_to_winograd_relu,
     eligible_convs,
     model_winograd_sparsity,
+    spatial_kernels,
 )
 from ..tables import markdown_table
 from .data import load_dataset
@@ -85,7 +90,9 @@ from .training import Batches, accuracy, distillation_loss, random_crop_flip, tr
 __all__ = ["METHODS", "RECIPES", "Cell", "cells", "main", "parse_args", "plot", "run", "summarize", "write_table"]
 
 METHODS = ("yu", "li", "liu", "wrelu", "spatial")
-RECIPES = ("plain", "distill")
+RECIPES = ("plain", "distill", "reparam", "distill+reparam")  # parts joined by "+" in sorted order
+RECIPE_PARTS = ("distill", "reparam")
+REPARAM_METHODS = ("yu", "li", "liu")  # Winograd-domain stages of a model converted from a spatial one
 LABELS = {"yu": "spatial-Winograd (Yu)", "li": "native (Li)", "liu": "magnitude (Liu)",
           "wrelu": "Winograd-ReLU (Liu)", "spatial": "spatial magnitude"}
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "digits")
@@ -107,9 +114,9 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 
 EPILOG = """\
 questions:
-  how long?      About 4 CPU-hours per seed for the defaults on one thread (smallvgg-flat on the
+  how long?      About 5 CPU-hours per seed for the defaults on one thread (smallvgg-flat on the
                  full Fashion-MNIST: a spatial SGD step 0.06 s, a Winograd-domain one 0.16 s; dense
-                 20 min, Winograd-ReLU dense 45 min, 16 cells x 5 two-epoch stages ~3 h). The rows'
+                 20 min, Winograd-ReLU dense 45 min, 22 cells x 5 two-epoch stages ~4 h). The rows'
                  cpu_s and OUT.md give the CPU time actually spent.
   more cores?    One process per seed (or per group of seeds) on the same --out, e.g.
                  `--seeds 0 &` and `--seeds 1,2 &`: each writes its own rows into the shared files
@@ -139,9 +146,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "and the checkpoints under OUT.state/ (delete it to start over)")
     g = ap.add_argument_group("grid (may grow between runs of the same OUT)")
     g.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each gets its own dense model")
-    g.add_argument("--methods", default="yu,yu+distill,li,liu,wrelu,spatial",
-                   help=f"comma-separated cells, each METHOD or METHOD+RECIPE; methods {','.join(METHODS)}, "
-                        f"recipes {','.join(RECIPES)} (plain when omitted)")
+    g.add_argument("--methods", default="yu,yu+distill,yu+distill+reparam,yu+reparam,li,liu,wrelu,spatial",
+                   help=f"comma-separated cells, each METHOD or METHOD+RECIPE[+RECIPE]; methods {','.join(METHODS)}, "
+                        f"recipes {','.join(RECIPE_PARTS)} (plain when omitted; reparam with "
+                        f"{','.join(REPARAM_METHODS)} only)")
     g.add_argument("--granularities", default="1x1,16x1,32x1",
                    help="comma-separated BKxBC pruning granularities; 'spatial' runs at 1x1 only")
     d = ap.add_argument_group("model and data")
@@ -222,6 +230,8 @@ class Cell:
     def __init__(self, method: str, recipe: str, block: tuple[int, int]):
         self.method, self.recipe, self.block = method, recipe, block
         self.granularity = f"{block[0]}x{block[1]}"
+        self.distill = "distill" in recipe.split("+")
+        self.reparam = "reparam" in recipe.split("+")
 
     @property
     def key(self) -> str:
@@ -230,11 +240,12 @@ class Cell:
     def stages(self, args: argparse.Namespace) -> list[tuple[str, float, float]]:
         """(phase, target, lr) per stage; every method goes through the same number of stages."""
         s, w = _floats(args.spatial_targets), _floats(args.winograd_targets)
+        wlr = args.spatial_lr if self.reparam else args.winograd_lr  # reparam trains spatial kernels
         if self.method == "yu":
-            return [("spatial", t, args.spatial_lr) for t in s] + [("winograd", t, args.winograd_lr) for t in w]
+            return [("spatial", t, args.spatial_lr) for t in s] + [("winograd", t, wlr) for t in w]
         if self.method == "spatial":
             return [("spatial", t, args.spatial_lr) for t in s + w]
-        return [("winograd", t, args.winograd_lr) for t in s + w]
+        return [("winograd", t, wlr) for t in s + w]
 
 
 def cells(args: argparse.Namespace) -> list[Cell]:
@@ -244,12 +255,19 @@ def cells(args: argparse.Namespace) -> list[Cell]:
         spec = spec.strip()
         if not spec:
             continue
-        method, _, recipe = spec.partition("+")
-        recipe = recipe or "plain"
+        method, *parts = spec.split("+")
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r} in --methods; choose from {METHODS}")
-        if recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r} in --methods; choose from {RECIPES}")
+        bad = [p for p in parts if p not in RECIPE_PARTS]
+        if bad:
+            raise ValueError(f"unknown recipe {bad[0]!r} in {spec!r} of --methods; choose from {RECIPE_PARTS}")
+        if len(set(parts)) != len(parts):
+            raise ValueError(f"{spec!r} in --methods names a recipe twice")
+        recipe = "+".join(sorted(parts)) or "plain"
+        if "reparam" in parts and method not in REPARAM_METHODS:
+            raise ValueError(f"{spec!r} in --methods: reparam retrains the Winograd-domain stages of a model converted "
+                             f"from a spatial one, methods {REPARAM_METHODS} (a Winograd-ReLU network's Q is no "
+                             "spatial kernel; spatial has no Winograd-domain stage)")
         for block in _blocks(args.granularities):
             if method == "spatial" and block != (1, 1):
                 continue
@@ -523,7 +541,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
             arm = _Arm(cell, model, args.m, first)
             batches = Batches(tr, bs, seed=seed + 10_000, augment=augment)  # one stream per seed, every cell
             loss_fn = None
-            if cell.recipe == "distill":
+            if cell.distill:
                 teacher = new_model(seed, wrelu)
                 teacher.load_state_dict(start_state)
                 loss_fn = distillation_loss(teacher, args.distill_temperature, args.distill_weight)
@@ -540,10 +558,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
                 phase, target, lr = stages[k]
                 c0 = time.process_time()
                 arm.enter(phase)
-                arm.pruner.prune(target)
                 steps = stage_steps if phase == "spatial" else winograd_stage_steps
-                train(model, batches, steps, lr, step=arm.pruner.step, cosine=True, loss_fn=loss_fn,
-                      desc=f"seed {seed} {cell.key} {target}", progress=args.progress)
+                # reparam: the stage prunes and retrains W behind Q; the checkpoint holds a plain Q again
+                with (spatial_kernels(model, _pruned_layers(model, first)) if cell.reparam and phase == "winograd"
+                      else contextlib.nullcontext()):
+                    arm.pruner.prune(target)
+                    train(model, batches, steps, lr, step=arm.pruner.step, cosine=True, loss_fn=loss_fn,
+                          desc=f"seed {seed} {cell.key} {target}", progress=args.progress)
                 sp = model_winograd_sparsity(model, m=args.m, layers=_pruned_layers(model, first))["overall"]
                 top1 = 100.0 * accuracy(model, te)
                 cpu = time.process_time() - c0

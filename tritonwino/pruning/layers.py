@@ -26,6 +26,7 @@ from fractions import Fraction
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .. import _checks, dwm
 from ..modules import SparseWinogradConv2d
@@ -217,7 +218,10 @@ class WinogradConv2d(nn.Module):
     # -- pruning support ----------------------------------------------------------------------
     @torch.no_grad()
     def apply_mask(self) -> None:
-        """Re-zero pruned entries of Q (the authors' ``mask.apply()``)."""
+        """Re-zero pruned entries of Q (the authors' ``mask.apply()``). A no-op while ``q`` is
+        computed from spatial kernels (``spatial_kernels``): there the forward's mask is the only one."""
+        if parametrize.is_parametrized(self, "q"):
+            return
         self.q.mul_(self.mask.to(self.q.dtype))
 
     def finalize(self) -> WinogradWeight:

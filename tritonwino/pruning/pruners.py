@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .. import _checks, dwm
 from ..modules import SparseWinogradConv2d
@@ -327,6 +328,8 @@ class WinogradPruner(_Pruner):
         if self.alpha == 0.0:
             return
         for mod in self.layers.values():
+            if parametrize.is_parametrized(mod, "q"):
+                continue  # spatial kernels (pruning.reparam): W is trained, not Q
             if mod.q.grad is not None:
                 f = importance_factor(mod.m, mod.r, mod.points).pow(-self.alpha)
                 mod.q.grad.mul_(f.to(device=mod.q.grad.device, dtype=mod.q.grad.dtype))
