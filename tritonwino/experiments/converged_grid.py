@@ -664,7 +664,8 @@ def write_table(rows: list[dict], path: Path) -> None:
         f"epochs, lr {first['dense_lr']} cosine to 0, bs {first['batch_size']}, augmentation {first['augment']}); "
         f"every pruning stage retrains (cosine from its lr): {first['stage_steps']} steps at lr "
         f"{first['spatial_lr']} in the spatial domain, {first.get('winograd_stage_steps') or first['stage_steps']} "
-        f"steps at lr {first['winograd_lr']} in the Winograd domain; distill recipe T = "
+        f"steps at lr {first['winograd_lr']} in the Winograd domain (reparam recipe: through the spatial kernels, "
+        f"at lr {first['spatial_lr']}); distill recipe T = "
         f"{first['distill_temperature']}, weight {first['distill_weight']}. Seeds {seeds}. {first['device']}, "
         f"{first['threads']} thread(s), torch "
         f"{first['torch']}, triton {first['triton']}, tritonwino {first['tritonwino']}.", "",
@@ -711,6 +712,9 @@ def plot(rows: list[dict], curve: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.6, 1]})
     ax = axes[0]
     colors = {m: f"C{i}" for i, m in enumerate(METHODS)}
+    # a recipe gets its own colour (the methods use C0-C4) and marker, so yu's four lines part
+    recipe_style = {"plain": (None, "o"), "distill": ("C5", "s"), "reparam": ("C6", "^"),
+                    "distill+reparam": ("C9", "D")}
     styles = {"1x1": "-", "16x1": "--", "32x1": ":"}
     for key in dict.fromkeys((s["method"], s["recipe"], s["granularity"]) for s in summary if s["stage"] >= 0):
         sub = sorted((s for s in summary if (s["method"], s["recipe"], s["granularity"]) == key),
@@ -718,8 +722,8 @@ def plot(rows: list[dict], curve: list[dict], path: Path) -> None:
         method, recipe, gran = key
         ax.errorbar([100 * s["winograd_sparsity_mean"] for s in sub], [s["top1_mean"] for s in sub],
                     xerr=[100 * s["winograd_sparsity_std"] for s in sub], yerr=[s["top1_std"] for s in sub],
-                    color=colors.get(method, "k"), ls=styles.get(gran, "-."),
-                    marker="s" if recipe == "distill" else "o", ms=3, capsize=2, lw=1,
+                    color=recipe_style.get(recipe, (None,))[0] or colors.get(method, "k"), ls=styles.get(gran, "-."),
+                    marker=recipe_style.get(recipe, (None, "o"))[1], ms=3, capsize=2, lw=1,
                     label=f"{LABELS.get(method, method)} {gran}" + ("" if recipe == "plain" else f" +{recipe}"))
     dense = next((s for s in summary if s["method"] == "dense"), None)
     if dense is not None:
