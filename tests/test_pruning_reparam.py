@@ -11,10 +11,9 @@ from tritonwino.pruning import (
     WinogradConv2d,
     WinogradPruner,
     convert_to_winograd,
-    fit_spatial_kernel,
     spatial_kernels,
 )
-from tritonwino.transforms import winograd_matrices
+from tritonwino.transforms import fit_spatial_kernel, winograd_matrices
 
 
 def _net(seed=0):

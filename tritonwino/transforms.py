@@ -30,6 +30,8 @@ __all__ = [
     "tile_size",
     "winograd_kron",
     "spatial_from_winograd",
+    "fit_spatial_kernel",
+    "SPATIAL_REL_TOL",
 ]
 
 Point = Fraction
@@ -307,8 +309,54 @@ def input_transform_gain(m: int, r: int, points: Sequence[object] | str | None =
     return float(row * row)
 
 
+# a Winograd-domain weight is G W Gᵀ of some W when the fit's residual is at fp32 rounding level
+SPATIAL_REL_TOL = 64 * torch.finfo(torch.float32).eps
+
+
+def fit_spatial_kernel(q: torch.Tensor, mask: torch.Tensor | None, g: torch.Tensor, *, chunk: int = 16384
+                       ) -> tuple[torch.Tensor, float]:
+    """The spatial kernel W (K, C, r, r), float64, whose ``(G W Gᵀ) ⊙ mask`` is closest to
+    ``q ⊙ mask`` (least squares per kernel over the kept entries; minimum norm where they do not
+    determine W), and the largest residual on kept entries relative to ``max |q ⊙ mask|``.
+
+    Args:
+        q: (K, C, n, n) Winograd-domain weight.
+        mask: bool (K, C, n, n), True = kept, or None (all kept).
+        g: the tile's G (n, r).
+        chunk: kernels solved at once where the mask differs per kernel (bounds the memory).
+
+    Example:
+        >>> _, g, _ = winograd_matrices(4, 3)
+        >>> w = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+        >>> q = g @ w @ g.t()
+        >>> mask = torch.rand(q.shape) > 0.3
+        >>> w2, resid = fit_spatial_kernel(q * mask, mask, g)
+        >>> resid < 1e-12
+        True
+    """
+    k, c, n, _ = q.shape
+    r = g.shape[1]
+    s = torch.kron(g, g).to(device=q.device, dtype=torch.float64)  # (n², r²): vec(G W Gᵀ) = s @ vec(W)
+    qf = q.detach().to(torch.float64).reshape(k * c, n * n)
+    if mask is None:
+        mf = torch.ones_like(qf, dtype=torch.bool)
+    else:
+        mf = mask.reshape(k * c, n * n).to(device=q.device, dtype=torch.bool)
+        qf = qf * mf
+    w = qf @ torch.linalg.pinv(s).t()  # every entry kept: one projection for all kernels
+    partial = (~mf).any(dim=1).nonzero().flatten()
+    for lo in range(0, partial.numel(), chunk):
+        idx = partial[lo:lo + chunk]
+        a = s.unsqueeze(0) * mf[idx].unsqueeze(2).to(torch.float64)  # dropped rows are zero rows
+        w[idx] = (torch.linalg.pinv(a) @ qf[idx].unsqueeze(2)).squeeze(2)
+    if qf.numel() == 0:
+        return w.reshape(k, c, r, r), 0.0
+    resid = float(((w @ s.t() - qf) * mf).abs().max())
+    return w.reshape(k, c, r, r), resid / max(float(qf.abs().max()), 1e-30)
+
+
 def spatial_from_winograd(q: torch.Tensor, m: int, r: int, points: Sequence[object] | None = None,
-                          rel_tol: float = 64 * torch.finfo(torch.float32).eps) -> torch.Tensor | None:
+                          rel_tol: float = SPATIAL_REL_TOL) -> torch.Tensor | None:
     """The spatial weight W (K, C, r, r) with ``G W Gᵀ = q``, or None when ``q`` has none.
 
     ``W = G⁺ q G⁺ᵀ`` in float64 (``q`` is (K, C, n, n) of F(m, r)); ``q`` lies in the range of
@@ -326,15 +374,6 @@ def spatial_from_winograd(q: torch.Tensor, m: int, r: int, points: Sequence[obje
     n = tile_size(m, r)
     if q.dim() != 4 or q.shape[2:] != (n, n):
         raise ValueError(f"q must be (K, C, {n}, {n}) for F({m},{r}), got {tuple(q.shape)}")
-    k, c = q.shape[:2]
     _, g, _ = winograd_matrices(m, r, points)
-    s = torch.kron(g, g).t().to(q.device)  # (r², n²): vec(W) @ s = vec(G W Gᵀ)
-    qf = q.to(torch.float64).reshape(k * c, n * n)
-    if qf.numel() == 0:
-        return torch.zeros(k, c, r, r, dtype=torch.float64, device=q.device)
-    wf = qf @ torch.linalg.pinv(s)
-    scale = float(qf.abs().max())
-    resid = float((wf @ s - qf).abs().max())
-    if resid > rel_tol * max(scale, 1e-30):
-        return None
-    return wf.reshape(k, c, r, r)
+    w, resid = fit_spatial_kernel(q, None, g)
+    return None if resid > rel_tol else w

@@ -59,6 +59,7 @@ import argparse
 import contextlib
 import csv
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -90,8 +91,10 @@ from .training import Batches, accuracy, distillation_loss, random_crop_flip, tr
 __all__ = ["METHODS", "RECIPES", "Cell", "cells", "main", "parse_args", "plot", "run", "summarize", "write_table"]
 
 METHODS = ("yu", "li", "liu", "wrelu", "spatial")
-RECIPES = ("plain", "distill", "reparam", "distill+reparam")  # parts joined by "+" in sorted order
 RECIPE_PARTS = ("distill", "reparam")
+# every recipe a cell can have: "plain", or parts joined by "+" in sorted order
+RECIPES = ("plain", *("+".join(c) for k in range(1, len(RECIPE_PARTS) + 1)
+                      for c in itertools.combinations(sorted(RECIPE_PARTS), k)))
 REPARAM_METHODS = ("yu", "li", "liu")  # Winograd-domain stages of a model converted from a spatial one
 LABELS = {"yu": "spatial-Winograd (Yu)", "li": "native (Li)", "liu": "magnitude (Liu)",
           "wrelu": "Winograd-ReLU (Liu)", "spatial": "spatial magnitude"}
@@ -315,16 +318,26 @@ def _pruned_layers(model: nn.Module, first: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 # rows on disk
 # ------------------------------------------------------------------------------------------------
+def _replace(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a private temporary (named by this process), then rename it onto ``path``: a stop
+    mid-write never leaves half a file, and a process running another seed never reads one."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def _write_csv(path: Path, rows: list[dict]) -> None:
     keys: list[str] = []
     for r in rows:
         keys.extend(k for k in r if k not in keys)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)  # a stop mid-write never leaves half a file
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+
+    _replace(path, write)
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -345,9 +358,7 @@ def _update_csv(path: Path, lock_path: Path, drop: Callable[[dict], bool], add: 
 
 
 def _save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _replace(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _paths(out: Path) -> dict[str, Path]:
@@ -371,11 +382,8 @@ def _check_config(state: Path, cfg: dict) -> None:
                              "continue it, or give another --out (or delete that directory) to start a new one.")
         return
     state.mkdir(parents=True, exist_ok=True)
-    # one seed per process is the documented way to use both cores: two runs starting together must
-    # never let one read the other's half-written file, so write a private temporary and rename it
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cfg, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    # two seeds started together (one process per core) both write it: never half-written for the other
+    _replace(path, lambda tmp: tmp.write_text(json.dumps(cfg, indent=1, sort_keys=True)))
 
 
 def _claim_seeds(state: Path, seeds: list[int]) -> list:
@@ -720,10 +728,11 @@ def plot(rows: list[dict], curve: list[dict], path: Path) -> None:
         sub = sorted((s for s in summary if (s["method"], s["recipe"], s["granularity"]) == key),
                      key=lambda s: s["stage"])
         method, recipe, gran = key
+        recipe_color, marker = recipe_style.get(recipe, (None, "o"))
         ax.errorbar([100 * s["winograd_sparsity_mean"] for s in sub], [s["top1_mean"] for s in sub],
                     xerr=[100 * s["winograd_sparsity_std"] for s in sub], yerr=[s["top1_std"] for s in sub],
-                    color=recipe_style.get(recipe, (None,))[0] or colors.get(method, "k"), ls=styles.get(gran, "-."),
-                    marker=recipe_style.get(recipe, (None, "o"))[1], ms=3, capsize=2, lw=1,
+                    color=recipe_color or colors.get(method, "k"), ls=styles.get(gran, "-."),
+                    marker=marker, ms=3, capsize=2, lw=1,
                     label=f"{LABELS.get(method, method)} {gran}" + ("" if recipe == "plain" else f" +{recipe}"))
     dense = next((s for s in summary if s["method"] == "dense"), None)
     if dense is not None:

@@ -43,13 +43,12 @@ from .pruners import (
     load_pruned_state_dict,
     model_winograd_sparsity,
 )
-from .reparam import SpatialKernel, fit_spatial_kernel, spatial_kernels
+from .reparam import SpatialKernel, spatial_kernels
 from .schedule import LIU_DENSITIES, check_schedule, cubic_schedule, linear_schedule, liu_schedule, run_schedule
 from .sensitivity import format_table, sensitivity_scan
 
 __all__ = [
     "SpatialKernel",
-    "fit_spatial_kernel",
     "spatial_kernels",
     "importance_factor",
     "li_importance",

@@ -24,55 +24,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..transforms import winograd_matrices
+from ..transforms import SPATIAL_REL_TOL, fit_spatial_kernel, winograd_matrices
 from .layers import WinogradConv2d, eligible_convs
 
-__all__ = ["SpatialKernel", "spatial_kernels", "fit_spatial_kernel"]
-
-# the representability test of transforms.spatial_from_winograd: a residual at fp32 rounding level
-_REL_TOL = 64 * torch.finfo(torch.float32).eps
-
-
-def fit_spatial_kernel(q: torch.Tensor, mask: torch.Tensor | None, g: torch.Tensor, *, chunk: int = 16384
-                       ) -> tuple[torch.Tensor, float]:
-    """The spatial kernel W (K, C, r, r), float64, whose ``(G W Gᵀ) ⊙ mask`` is closest to
-    ``q ⊙ mask`` (least squares per kernel over the kept entries; minimum norm where they do not
-    determine W), and the largest residual on kept entries relative to ``max |q ⊙ mask|``.
-
-    Args:
-        q: (K, C, n, n) Winograd-domain weight.
-        mask: bool (K, C, n, n), True = kept, or None (all kept).
-        g: the tile's G (n, r).
-        chunk: kernels solved at once where the mask differs per kernel (bounds the memory).
-
-    Example:
-        >>> from tritonwino.transforms import winograd_matrices
-        >>> _, g, _ = winograd_matrices(4, 3)
-        >>> w = torch.randn(2, 3, 3, 3, dtype=torch.float64)
-        >>> q = g @ w @ g.t()
-        >>> mask = torch.rand(q.shape) > 0.3
-        >>> w2, resid = fit_spatial_kernel(q * mask, mask, g)
-        >>> resid < 1e-12
-        True
-    """
-    k, c, n, _ = q.shape
-    r = g.shape[1]
-    s = torch.kron(g, g).to(device=q.device, dtype=torch.float64)  # (n², r²): vec(G W Gᵀ) = s @ vec(W)
-    qf = q.detach().to(torch.float64).reshape(k * c, n * n)
-    if mask is None:
-        mf = torch.ones_like(qf, dtype=torch.bool)
-    else:
-        mf = mask.reshape(k * c, n * n).to(device=q.device, dtype=torch.bool)
-        qf = qf * mf
-    w = qf @ torch.linalg.pinv(s).t()  # every entry kept: one projection for all kernels
-    partial = (~mf).any(dim=1).nonzero().flatten()
-    for lo in range(0, partial.numel(), chunk):
-        idx = partial[lo:lo + chunk]
-        a = s.unsqueeze(0) * mf[idx].unsqueeze(2).to(torch.float64)  # dropped rows are zero rows
-        w[idx] = (torch.linalg.pinv(a) @ qf[idx].unsqueeze(2)).squeeze(2)
-    resid = ((w @ s.t() - qf) * mf).abs().max() if qf.numel() else torch.zeros(())
-    scale = float(qf.abs().max()) if qf.numel() else 0.0
-    return w.reshape(k, c, r, r), float(resid) / max(scale, 1e-30)
+__all__ = ["SpatialKernel", "spatial_kernels"]
 
 
 class SpatialKernel(nn.Module):
@@ -91,7 +46,7 @@ class SpatialKernel(nn.Module):
     def right_inverse(self, q: torch.Tensor) -> torch.Tensor:
         mask, self._fit_mask = self._fit_mask, None
         w, resid = fit_spatial_kernel(q, mask, self.g)
-        if resid > _REL_TOL:
+        if resid > SPATIAL_REL_TOL:
             raise ValueError(
                 f"{self._name}: its Winograd-domain weight is not G W Gᵀ of any spatial kernel on the kept entries "
                 f"(relative residual {resid:.1e}): it was trained in the Winograd domain (or is a Winograd-ReLU "
