@@ -452,3 +452,18 @@ def test_grid_reparam_cell_runs_and_resumes(tmp_path, monkeypatch):
         ("reparam", "spatial", "0.5"), ("reparam", "winograd", "0.7"), ("reparam", "winograd", "0.8")]
     for r in rows:
         assert abs(float(r["winograd_sparsity"]) - float(r["target"])) < 0.02
+
+
+def test_grid_baselines_with_reparam_reach_their_targets(tmp_path):
+    # li+reparam / liu+reparam are in the default grid: every stage is Winograd-domain, pruned by the
+    # baseline's own criterion and retrained through the spatial kernels
+    assert "li+reparam" in converged_grid.parse_args(["--out", "x"]).methods
+    out = tmp_path / "g"
+    assert converged_grid.main(_args(out, "--methods", "li+reparam,liu+reparam", "--granularities", "1x1,16x1")) == 0
+    rows = [r for r in _rows(f"{out}.csv") if r["method"] != "dense"]
+    assert [(r["method"], r["recipe"], r["granularity"], r["phase"], r["target"]) for r in rows] == [
+        (m, "reparam", g, "winograd", t) for m in ("li", "liu") for g in ("1x1", "16x1") for t in ("0.5", "0.7")]
+    for r in rows:
+        assert abs(float(r["winograd_sparsity"]) - float(r["target"])) < 0.02
+    assert not any("parametrizations" in k for k in torch.load(
+        tmp_path / "g.state" / "seed0" / "liu-reparam-16x1.pt", weights_only=False)["model"])

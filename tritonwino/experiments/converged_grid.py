@@ -117,9 +117,9 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 
 EPILOG = """\
 questions:
-  how long?      About 5 CPU-hours per seed for the defaults on one thread (smallvgg-flat on the
+  how long?      About 6 CPU-hours per seed for the defaults on one thread (smallvgg-flat on the
                  full Fashion-MNIST: a spatial SGD step 0.06 s, a Winograd-domain one 0.16 s; dense
-                 20 min, Winograd-ReLU dense 45 min, 22 cells x 5 two-epoch stages ~4 h). The rows'
+                 20 min, Winograd-ReLU dense 45 min, 28 cells x 5 two-epoch stages ~5.5 h). The rows'
                  cpu_s and OUT.md give the CPU time actually spent.
   more cores?    One process per seed (or per group of seeds) on the same --out, e.g.
                  `--seeds 0 &` and `--seeds 1,2 &`: each writes its own rows into the shared files
@@ -149,7 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "and the checkpoints under OUT.state/ (delete it to start over)")
     g = ap.add_argument_group("grid (may grow between runs of the same OUT)")
     g.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each gets its own dense model")
-    g.add_argument("--methods", default="yu,yu+distill,yu+distill+reparam,yu+reparam,li,liu,wrelu,spatial",
+    g.add_argument("--methods",
+                   default="yu,yu+distill,yu+distill+reparam,yu+reparam,li,liu,wrelu,spatial,li+reparam,liu+reparam",
                    help=f"comma-separated cells, each METHOD or METHOD+RECIPE[+RECIPE]; methods {','.join(METHODS)}, "
                         f"recipes {','.join(RECIPE_PARTS)} (plain when omitted; reparam with "
                         f"{','.join(REPARAM_METHODS)} only)")
