@@ -467,3 +467,32 @@ def test_grid_baselines_with_reparam_reach_their_targets(tmp_path):
         assert abs(float(r["winograd_sparsity"]) - float(r["target"])) < 0.02
     assert not any("parametrizations" in k for k in torch.load(
         tmp_path / "g.state" / "seed0" / "liu-reparam-16x1.pt", weights_only=False)["model"])
+
+
+def test_grid_dense_from_another_out_is_checked_and_never_retrained(tmp_path, monkeypatch):
+    # a longer pruning schedule on the same converged dense models: --dense-from copies them (and
+    # their curve points) after checking the dense settings, instead of training them again
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert converged_grid.main(_args(a, "--methods", "yu", "--granularities", "1x1")) == 0
+    calls = []
+    _spy(monkeypatch, calls)
+    assert converged_grid.main(_args(b, "--methods", "yu", "--granularities", "1x1", "--stage-epochs", "1",
+                                     "--dense-from", str(a))) == 0
+    assert [c[0] for c in calls] == ["seed 0 yu-plain-1x1 0.5", "seed 0 yu-plain-1x1 0.7"]  # no dense training
+    rows_a, rows_b = _rows(f"{a}.csv"), _rows(f"{b}.csv")
+    assert rows_b[0]["method"] == "dense" and rows_b[0]["top1"] == rows_a[0]["top1"]
+    assert rows_b[1]["top1_dense"] == rows_a[0]["top1"] and rows_b[1]["stage_steps"] == "4"
+    assert _rows(f"{b}_curve.csv") == _rows(f"{a}_curve.csv")  # the convergence curve travels too
+    # rerunning b with --dense-from again is a no-op for the dense models
+    calls.clear()
+    assert converged_grid.main(_args(b, "--methods", "yu", "--granularities", "1x1", "--stage-epochs", "1",
+                                     "--dense-from", str(a))) == 0
+    assert calls == []
+    # other dense settings, a missing OUT, or its own OUT: refused by name, before any training
+    with pytest.raises(SystemExit, match=r"dense_lr: 0\.05 there, 0\.1 now"):
+        converged_grid.main(_args(c, "--dense-lr", "0.1", "--dense-from", str(a)))
+    with pytest.raises(SystemExit, match="no .*config.json"):
+        converged_grid.main(_args(tmp_path / "d", "--dense-from", str(tmp_path / "nowhere")))
+    with pytest.raises(SystemExit, match="this run's own --out"):
+        converged_grid.main(_args(b, "--stage-epochs", "1", "--methods", "yu", "--dense-from", str(b)))
+    assert calls == [] and not (tmp_path / "c.state").exists()  # nothing written: the fixed command can run

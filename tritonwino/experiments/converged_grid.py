@@ -50,7 +50,8 @@ Resumable: the dense training is checkpointed every ``--eval-every`` steps and e
 of every cell under ``OUT.state/``; rerunning the same command continues where it stopped and never
 retrains a finished stage. Adding seeds, methods or granularities to a finished run only runs the
 new cells; changing anything that changes results (model, data, schedule, targets, learning rates)
-is refused.
+is refused. ``--dense-from OTHER_OUT`` starts a new OUT (another pruning schedule) from the dense
+models another one converged, after checking that their dense settings are the same.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -100,7 +102,11 @@ LABELS = {"yu": "spatial-Winograd (Yu)", "li": "native (Li)", "liu": "magnitude 
           "wrelu": "Winograd-ReLU (Liu)", "spatial": "spatial magnitude"}
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "digits")
 # options that do not change any result: a rerun may change them freely
-NOT_CONFIG = ("out", "seeds", "methods", "granularities", "threads", "plot_only", "data_dir", "progress")
+NOT_CONFIG = ("out", "seeds", "methods", "granularities", "threads", "plot_only", "data_dir", "progress",
+              "dense_from")
+# the settings a converged dense model depends on: --dense-from carries one over only when they match
+DENSE_KEYS = ("model", "dataset", "train_limit", "test_limit", "batch_size", "crop_pad", "no_flip", "m",
+              "dense_epochs", "dense_lr", "wrelu_lr")
 
 
 def _floats(text: str) -> list[float]:
@@ -127,7 +133,8 @@ questions:
   stopped?       Run the same command again: the dense training continues from its last
                  checkpoint (every --eval-every steps), the pruning from its last finished stage.
   other settings? Refused for an existing OUT.state/ (give another --out); adding seeds, methods
-                 or granularities runs only the new cells.
+                 or granularities runs only the new cells. Another pruning schedule on the same
+                 dense models: a new --out with --dense-from OLD_OUT (checked: same dense settings).
   smoke run?     --train-limit 512 --test-limit 256 --dense-epochs 1 --stage-epochs 0.25
                  --seeds 0 --methods yu --out /tmp/smoke  (seconds).
   paper models?  --dataset cifar10 --data-dir DIR --model vgg-nagadomi, or cifar100 with
@@ -177,6 +184,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--crop-pad", type=int, default=2, help="random-crop padding in pixels (0: no crop)")
     t.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
+    t.add_argument("--dense-from", metavar="OTHER_OUT", default=None,
+                   help="reuse the converged dense models (and their curves) of an earlier run's --out instead of "
+                        "training them again; refused unless its dense settings (model, data, epochs, lrs, batch, "
+                        "augmentation, tile) are this run's. For another pruning schedule on the same dense models")
     t.add_argument("--eval-every", type=int, default=0,
                    help="steps between curve points and dense checkpoints (0: one epoch)")
     p = ap.add_argument_group("pruning")
@@ -387,6 +398,46 @@ def _check_config(state: Path, cfg: dict) -> None:
     _replace(path, lambda tmp: tmp.write_text(json.dumps(cfg, indent=1, sort_keys=True)))
 
 
+def _check_dense_source(src: Path, paths: dict[str, Path], cfg: dict) -> None:
+    """``--dense-from``: refuse, before this run writes anything, an OUT that is this one, is no grid
+    run, or trained its dense models with other settings."""
+    theirs = _paths(src)
+    if theirs["state"].resolve() == paths["state"].resolve():
+        raise SystemExit(f"--dense-from {src} is this run's own --out")
+    cfg_path = theirs["state"] / "config.json"
+    if not cfg_path.exists():
+        raise SystemExit(f"--dense-from {src}: no {cfg_path}; give the --out of an earlier run of the grid")
+    old = json.loads(cfg_path.read_text())
+    diff = [f"{k}: {old.get(k)!r} there, {cfg.get(k)!r} now" for k in DENSE_KEYS if old.get(k) != cfg.get(k)]
+    if diff:
+        raise SystemExit(f"--dense-from {src}: its dense models were trained with other settings "
+                         f"({', '.join(diff)})")
+
+
+def _carry_dense(src: Path, paths: dict[str, Path], seeds: list[int], networks: tuple[str, ...],
+                 log: Callable[[str], None]) -> None:
+    """``--dense-from``: copy each seed's finished dense models and their curve points from another
+    OUT (checked by :func:`_check_dense_source`); their rows are rebuilt from the checkpoints later."""
+    theirs = _paths(src)
+    curve = _read_csv(theirs["curve"])
+    for seed in seeds:
+        for name in networks:
+            mine, source = paths["state"] / f"seed{seed}" / f"{name}.pt", theirs["state"] / f"seed{seed}" / f"{name}.pt"
+            if mine.exists():
+                continue
+            if not source.exists():
+                log(f"seed {seed} {name}: not finished under {src}, trained here")
+                continue
+            mine.parent.mkdir(parents=True, exist_ok=True)
+            _replace(mine, lambda tmp, source=source: shutil.copyfile(source, tmp))
+
+            def same(c: dict, name: str = name, seed: int = seed) -> bool:
+                return c["network"] == name and int(c["seed"]) == seed
+
+            _update_csv(paths["curve"], paths["lock"], same, [c for c in curve if same(c)])
+            log(f"seed {seed} {name}: carried over from {src}")
+
+
 def _claim_seeds(state: Path, seeds: list[int]) -> list:
     """Lock each seed of this run for the life of the process. Two processes on one seed would train
     the same cells twice and overwrite each other's checkpoints; the second is refused instead."""
@@ -428,6 +479,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
 
     t_run = time.process_time()
     torch.set_num_threads(args.threads)
+    if args.dense_from:
+        _check_dense_source(Path(args.dense_from), paths, _config(args))
     _check_config(paths["state"], _config(args))
     tr, te, info = load_dataset(args.dataset, root=args.data_dir, train_limit=args.train_limit,
                                 test_limit=args.test_limit)
@@ -459,6 +512,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
     rows = _read_csv(paths["csv"])
     done = {(r["method"], r["recipe"], r["granularity"], int(r["seed"]), int(r["stage"])) for r in rows}
     need_wrelu = any(c.method == "wrelu" for c in grid)
+    if args.dense_from:
+        _carry_dense(Path(args.dense_from), paths, seeds, ("dense", "dense-wrelu")[:1 + need_wrelu], log)
     planned = {(name, "plain", "-", s, -1) for s in seeds for name in ("dense", "dense-wrelu")[:1 + need_wrelu]}
     planned |= {(c.method, c.recipe, c.granularity, s, k)
                 for s in seeds for c in grid for k in range(len(c.stages(args)))}
