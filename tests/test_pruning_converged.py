@@ -225,7 +225,7 @@ def _spy(monkeypatch, calls, stop_at=None, stop_after_checkpoint=None):
     monkeypatch.setattr(converged_grid, "train", spy)
 
 
-def test_grid_runs_stops_resumes_and_never_retrains_a_finished_stage(tmp_path, monkeypatch):
+def test_grid_runs_stops_resumes_and_never_retrains_a_finished_stage(tmp_path, monkeypatch, capsys):
     out = tmp_path / "grid"
     calls = []
     # 1) stopped in the middle of the dense training (after its step-2 checkpoint)
@@ -279,6 +279,13 @@ def test_grid_runs_stops_resumes_and_never_retrains_a_finished_stage(tmp_path, m
     assert converged_grid.main(["--out", str(out), "--plot-only"]) == 0
     assert (tmp_path / "grid.md").read_text() == md
     assert os.path.getsize(tmp_path / "grid.png") > 10_000
+    # 6) the closing line names only files that exist (regression: it named a curve file never written)
+    (tmp_path / "grid_curve.csv").unlink()
+    capsys.readouterr()
+    assert converged_grid.main(_args(out)) == 0
+    said = capsys.readouterr()
+    closing = [line for line in (said.out + said.err).splitlines() if line.startswith("wrote ")]
+    assert closing and "grid.csv" in closing[-1] and "grid_curve.csv" not in closing[-1]
 
 
 def test_grid_seeds_in_parallel_processes_share_one_out(tmp_path):

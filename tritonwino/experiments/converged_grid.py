@@ -647,7 +647,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
     write_table(rows, paths["md"])
     plot(rows, _read_csv(paths["curve"]), paths["png"])
     total = sum(float(r["cpu_s"]) for r in rows)
-    log(f"wrote {paths['csv']}, {paths['curve']}, {paths['md']}, {paths['png']}; CPU time of the grid "
+    # the curve file only exists where this OUT trained (or carried) dense models with curve points
+    written = ", ".join(str(paths[k]) for k in ("csv", "curve", "md", "png") if paths[k].exists())
+    log(f"wrote {written}; CPU time of the grid "
         f"{total / 3600:.2f} h (this invocation {(time.process_time() - t_run) / 3600:.2f} h)")
     return 0
 
