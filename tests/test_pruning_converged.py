@@ -4,6 +4,7 @@ runs of the grid that stop, resume, refuse other settings and rebuild their tabl
 
 import argparse
 import csv
+import gc
 import json
 import os
 import pickle
@@ -286,6 +287,20 @@ def test_grid_runs_stops_resumes_and_never_retrains_a_finished_stage(tmp_path, m
     said = capsys.readouterr()
     closing = [line for line in (said.out + said.err).splitlines() if line.startswith("wrote ")]
     assert closing and "grid.csv" in closing[-1] and "grid_curve.csv" not in closing[-1]
+
+
+def test_grid_lets_its_seed_locks_go_when_a_run_stops(tmp_path, monkeypatch):
+    # regression: the locks lived on in the stopped run's frame, which the exception's traceback
+    # keeps alive until the cyclic garbage collector runs; a later run in the same process was refused
+    _spy(monkeypatch, [], stop_after_checkpoint="seed 0 dense")
+    gc.disable()
+    try:
+        with pytest.raises(_Stop) as stopped:
+            converged_grid.main(_args(tmp_path / "grid"))
+        converged_grid._claim_seeds(tmp_path / "grid.state", [0])[0].close()
+    finally:
+        gc.enable()
+    assert stopped.traceback  # still held here, and the seed was free anyway
 
 
 def test_grid_seeds_in_parallel_processes_share_one_out(tmp_path):

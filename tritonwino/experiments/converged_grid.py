@@ -467,6 +467,13 @@ def _claim_seeds(state: Path, seeds: list[int]) -> list:
 # the run
 # ------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> int:
+    # The seed locks go when the run ends, however it ends: an exception's traceback keeps the run's
+    # frame (and any lock it held) alive until the cyclic garbage collector gets to it.
+    with contextlib.ExitStack() as locks:
+        return _run(args, log, locks)
+
+
+def _run(args: argparse.Namespace, log: Callable[[str], None], locks: contextlib.ExitStack) -> int:
     paths = _paths(Path(args.out))
     if args.plot_only:
         rows = _read_csv(paths["csv"])
@@ -495,7 +502,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
     eval_every = args.eval_every or epoch
     augment = random_crop_flip(args.crop_pad, flip=not args.no_flip)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    held = _claim_seeds(paths["state"], seeds)  # noqa: F841 -- the locks last as long as the run
+    for lock in _claim_seeds(paths["state"], seeds):
+        locks.enter_context(lock)
     grid = cells(args)
     env = environment("cpu")
     common = {
