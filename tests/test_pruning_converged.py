@@ -289,18 +289,28 @@ def test_grid_runs_stops_resumes_and_never_retrains_a_finished_stage(tmp_path, m
     assert closing and "grid.csv" in closing[-1] and "grid_curve.csv" not in closing[-1]
 
 
-def test_grid_lets_its_seed_locks_go_when_a_run_stops(tmp_path, monkeypatch):
+def _free(path):
+    lock, owner = converged_grid._try_lock(path)
+    assert lock is not None, f"{path.name} still held by {owner}"
+    lock.close()
+
+
+@pytest.mark.parametrize("stop", [{"stop_after_checkpoint": "seed 0 dense"}, {"stop_at": "seed 0 yu-plain-1x1 0.7"}])
+def test_grid_lets_its_locks_go_when_a_run_stops(tmp_path, monkeypatch, stop):
     # regression: the locks lived on in the stopped run's frame, which the exception's traceback
     # keeps alive until the cyclic garbage collector runs; a later run in the same process was refused
-    _spy(monkeypatch, [], stop_after_checkpoint="seed 0 dense")
+    _spy(monkeypatch, [], **stop)
     gc.disable()
     try:
         with pytest.raises(_Stop) as stopped:
             converged_grid.main(_args(tmp_path / "grid"))
-        converged_grid._claim_seeds(tmp_path / "grid.state", [0])[0].close()
+        seed0 = tmp_path / "grid.state" / "seed0"
+        _free(seed0 / "dense.lock")
+        if "stop_at" in stop:
+            _free(seed0 / "yu-plain-1x1.lock")
     finally:
         gc.enable()
-    assert stopped.traceback  # still held here, and the seed was free anyway
+    assert stopped.traceback  # still held here, and the locks were free anyway
 
 
 def test_grid_seeds_in_parallel_processes_share_one_out(tmp_path):
@@ -337,22 +347,71 @@ def test_grid_config_is_never_read_half_written(tmp_path, monkeypatch):
     assert sorted(p.name for p in state.iterdir()) == ["config.json"]  # no temporary left behind
 
 
-def test_grid_refuses_a_seed_another_process_is_running(tmp_path):
+_HOLD = ("import sys, time; from pathlib import Path; from tritonwino.experiments.converged_grid import _try_lock; "
+         "f, _ = _try_lock(Path(sys.argv[1])); print('held', flush=True); time.sleep(float(sys.argv[2]))")
+
+
+def _holder(path, seconds):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_grid_leaves_a_cell_another_process_is_running_and_does_the_rest(tmp_path, monkeypatch, capsys):
     out = tmp_path / "grid"
-    state = tmp_path / "grid.state"
-    state.mkdir()
-    code = ("import sys, time; from pathlib import Path; from tritonwino.experiments.converged_grid import "
-            "_claim_seeds; h = _claim_seeds(Path(sys.argv[1]), [1]); print('held', flush=True); time.sleep(60)")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(state)], stdout=subprocess.PIPE, text=True)
+    holder = _holder(tmp_path / "grid.state" / "seed0" / "yu-plain-16x1.lock", 120)
+    calls = []
     try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(SystemExit, match=rf"seed 1 of .*grid is being run by pid {holder.pid}"):
-            converged_grid.main(_args(out, "--seeds", "0,1"))
-        converged_grid._claim_seeds(state, [0])[0].close()  # the other seed stays free, and its lock was let go
+        _spy(monkeypatch, calls)
+        assert converged_grid.main(_args(out)) == 0
+        said = capsys.readouterr()
+        said = said.out + said.err
+        assert f"seed 0 yu-plain-16x1: being run by pid {holder.pid}; left to it" in said
+        assert f"1 cell(s) left to the processes running them: seed 0 yu-plain-16x1 (pid {holder.pid})" in said
+        assert [c[0] for c in calls] == ["seed 0 dense", "seed 0 yu-plain-1x1 0.5", "seed 0 yu-plain-1x1 0.7",
+                                         "seed 0 li-distill-1x1 0.5", "seed 0 li-distill-1x1 0.7",
+                                         "seed 0 li-distill-16x1 0.5", "seed 0 li-distill-16x1 0.7"]
+        assert not any(r["granularity"] == "16x1" and r["method"] == "yu" for r in _rows(f"{out}.csv"))
     finally:
         holder.kill()
         holder.wait()
-    converged_grid._claim_seeds(state, [1])[0].close()  # the holder's death releases its seed
+    # the holder's death lets the cell go: the next run trains that cell and nothing else
+    calls.clear()
+    assert converged_grid.main(_args(out)) == 0
+    assert [c[0] for c in calls] == ["seed 0 yu-plain-16x1 0.5", "seed 0 yu-plain-16x1 0.7"]
+    assert "left to" not in "".join(capsys.readouterr())
+
+
+def test_grid_waits_for_a_dense_model_another_process_is_training(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "grid"
+    holder = _holder(tmp_path / "grid.state" / "seed0" / "dense.lock", 3)
+    calls = []
+    try:
+        _spy(monkeypatch, calls)
+        assert converged_grid.main(_args(out, "--methods", "yu", "--granularities", "1x1")) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    said = "".join(capsys.readouterr())
+    assert f"seed 0 dense is being trained by pid {holder.pid}: waiting for it" in said
+    # the holder left no model behind, so this run trained it once the lock was free
+    assert [c[0] for c in calls] == ["seed 0 dense", "seed 0 yu-plain-1x1 0.5", "seed 0 yu-plain-1x1 0.7"]
+
+
+def test_grid_two_processes_on_one_seed_share_its_cells(tmp_path):
+    # the same command started twice: one trains the dense model while the other waits, then they
+    # split the cells; every stage's row lands exactly once and nothing is left undone
+    out = tmp_path / "grid"
+    code = "import sys; from tritonwino.experiments.converged_grid import main; sys.exit(main(sys.argv[1:]))"
+    procs = [subprocess.Popen([sys.executable, "-c", code, *_args(out, "--methods", "yu,liu")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    keys = [(r["method"], r["granularity"], r["stage"]) for r in _rows(f"{out}.csv")]
+    assert sorted(keys) == sorted([("dense", "-", "-1")] + [(m, g, k) for m in ("yu", "liu")
+                                                            for g in ("1x1", "16x1") for k in ("0", "1")])
+    assert sum("top-1" in line and "dense" in line.split(":")[0] for log in logs for line in log.splitlines()) == 1
 
 
 def test_grid_refuses_other_settings_but_may_grow(tmp_path, monkeypatch):

@@ -67,8 +67,9 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import torch
 from torch import nn
@@ -127,9 +128,11 @@ questions:
                  full Fashion-MNIST: a spatial SGD step 0.06 s, a Winograd-domain one 0.16 s; dense
                  20 min, Winograd-ReLU dense 45 min, 28 cells x 5 two-epoch stages ~5.5 h). The rows'
                  cpu_s and OUT.md give the CPU time actually spent.
-  more cores?    One process per seed (or per group of seeds) on the same --out, e.g.
-                 `--seeds 0 &` and `--seeds 1,2 &`: each writes its own rows into the shared files
-                 (under a lock); the last to finish writes OUT.md / OUT.png from all of them.
+  more cores?    Start more processes on the same --out (the same command, or `--seeds 0 &`,
+                 `--seeds 1,2 &`, ...): each cell and each dense model is locked while one process
+                 trains it, another process skips a cell being run (naming its pid) and waits for a
+                 dense model being trained; rows go into the shared files under a lock, and the
+                 last to finish writes OUT.md / OUT.png from all of them.
   stopped?       Run the same command again: the dense training continues from its last
                  checkpoint (every --eval-every steps), the pruning from its last finished stage.
   other settings? Refused for an existing OUT.state/ (give another --out); adding seeds, methods
@@ -438,42 +441,42 @@ def _carry_dense(src: Path, paths: dict[str, Path], seeds: list[int], networks: 
             log(f"seed {seed} {name}: carried over from {src}")
 
 
-def _claim_seeds(state: Path, seeds: list[int]) -> list:
-    """Lock each seed of this run for the life of the process. Two processes on one seed would train
-    the same cells twice and overwrite each other's checkpoints; the second is refused instead."""
-    held = []
-    for seed in seeds:
-        path = state / f"seed{seed}.lock"
-        f = open(path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            owner = f.read().strip() or "another process"
-            f.close()
-            for g in held:
-                g.close()
-            raise SystemExit(f"seed {seed} of {state.parent / state.stem} is being run by {owner}: wait for it, "
-                             "or stop it first (it resumes from its checkpoints)") from None
+def _try_lock(path: Path) -> tuple[IO[str] | None, str]:
+    """An exclusive lock on ``path`` for this process (the open file; closing it lets the lock go),
+    or ``None`` and who holds it (``pid N``): every cell and every dense model of a seed is trained
+    by one process at a time, so two processes never overwrite each other's checkpoints."""
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        held.append(f)
-    return held
+        owner = f.read().strip() or "another process"
+        f.close()
+        return None, owner
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    return f, ""
+
+
+@contextlib.contextmanager
+def _lock_waiting(path: Path, log: Callable[[str], None], what: str) -> Iterator[None]:
+    """Hold the lock on ``path``, waiting while another process holds it (it is training ``what``,
+    which this run then loads instead of training it again)."""
+    f, owner = _try_lock(path)
+    if f is None:
+        log(f"{what} is being trained by {owner}: waiting for it")
+        f = open(path, "a+")
+        fcntl.flock(f, fcntl.LOCK_EX)
+    with f:
+        yield
 
 
 # ------------------------------------------------------------------------------------------------
 # the run
 # ------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> int:
-    # The seed locks go when the run ends, however it ends: an exception's traceback keeps the run's
-    # frame (and any lock it held) alive until the cyclic garbage collector gets to it.
-    with contextlib.ExitStack() as locks:
-        return _run(args, log, locks)
-
-
-def _run(args: argparse.Namespace, log: Callable[[str], None], locks: contextlib.ExitStack) -> int:
     paths = _paths(Path(args.out))
     if args.plot_only:
         rows = _read_csv(paths["csv"])
@@ -502,8 +505,6 @@ def _run(args: argparse.Namespace, log: Callable[[str], None], locks: contextlib
     eval_every = args.eval_every or epoch
     augment = random_crop_flip(args.crop_pad, flip=not args.no_flip)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    for lock in _claim_seeds(paths["state"], seeds):
-        locks.enter_context(lock)
     grid = cells(args)
     env = environment("cpu")
     common = {
@@ -541,6 +542,10 @@ def _run(args: argparse.Namespace, log: Callable[[str], None], locks: contextlib
         name = "dense-wrelu" if wrelu else "dense"
         sd = paths["state"] / f"seed{seed}"
         sd.mkdir(parents=True, exist_ok=True)
+        with _lock_waiting(sd / f"{name}.lock", log, f"seed {seed} {name}"):
+            return dense_locked(seed, wrelu, top1_ref, name, sd)
+
+    def dense_locked(seed: int, wrelu: bool, top1_ref: float | None, name: str, sd: Path) -> tuple[dict, float]:
         final, partial = sd / f"{name}.pt", sd / f"{name}.partial.pt"
 
         def write_row(model: nn.Module, top1: float, cpu: float) -> None:
@@ -598,58 +603,76 @@ def _run(args: argparse.Namespace, log: Callable[[str], None], locks: contextlib
         log(f"seed {seed} {name}: top-1 {last['top1']:.2f}% after {dense_steps} steps, CPU {last['cpu']:.0f} s")
         return model.state_dict(), last["top1"]
 
+    def finished(seed: int, cell: Cell, rows: list[dict]) -> bool:
+        have = {(r["method"], r["recipe"], r["granularity"], int(r["seed"]), int(r["stage"])) for r in rows}
+        return all((cell.method, cell.recipe, cell.granularity, seed, k) in have
+                   for k in range(len(cell.stages(args))))
+
+    def prune_cell(seed: int, cell: Cell, wrelu_state: tuple[dict, float] | None,
+                   spatial_state: dict, top1_dense: float) -> None:
+        stages = cell.stages(args)
+        wrelu = cell.method == "wrelu"
+        start_state, top1_start = wrelu_state if wrelu else (spatial_state, top1_dense)
+        model = new_model(seed, wrelu)
+        model.load_state_dict(start_state)
+        first = _first_conv(model)
+        arm = _Arm(cell, model, args.m, first)
+        batches = Batches(tr, bs, seed=seed + 10_000, augment=augment)  # one stream per seed, every cell
+        loss_fn = None
+        if cell.distill:
+            teacher = new_model(seed, wrelu)
+            teacher.load_state_dict(start_state)
+            loss_fn = distillation_loss(teacher, args.distill_temperature, args.distill_weight)
+        ck_path = paths["state"] / f"seed{seed}" / f"{cell.key}.pt"
+        begin = 0
+        if ck_path.exists():
+            ck = torch.load(ck_path, weights_only=False)
+            begin = ck["stage"] + 1
+            arm.enter(stages[ck["stage"]][0])
+            model.load_state_dict(ck["model"])
+            batches.set_state(ck["batches"])
+            log(f"seed {seed} {cell.key}: resuming after stage {ck['stage']}")
+        for k in range(begin, len(stages)):
+            phase, target, lr = stages[k]
+            c0 = time.process_time()
+            arm.enter(phase)
+            steps = stage_steps if phase == "spatial" else winograd_stage_steps
+            # reparam: the stage prunes and retrains W behind Q; the checkpoint holds a plain Q again
+            with (spatial_kernels(model, _pruned_layers(model, first)) if cell.reparam and phase == "winograd"
+                  else contextlib.nullcontext()):
+                arm.pruner.prune(target)
+                train(model, batches, steps, lr, step=arm.pruner.step, cosine=True, loss_fn=loss_fn,
+                      desc=f"seed {seed} {cell.key} {target}", progress=args.progress)
+            sp = model_winograd_sparsity(model, m=args.m, layers=_pruned_layers(model, first))["overall"]
+            top1 = 100.0 * accuracy(model, te)
+            cpu = time.process_time() - c0
+            # the row first, then the checkpoint: a stop in between redoes (and replaces) the stage
+            key = (cell.method, cell.recipe, cell.granularity, seed, k)
+            _update_csv(paths["csv"], paths["lock"], lambda r, key=key: (r["method"], r["recipe"], r["granularity"],
+                                                          int(r["seed"]), int(r["stage"])) == key,
+                        [_row(cell.method, cell.recipe, cell.granularity, seed, k, phase, target, sp, top1,
+                              top1_dense, top1_start, cpu, steps, common)])
+            _save({"stage": k, "model": model.state_dict(), "batches": batches.state()}, ck_path)
+            bar.update(1)
+            log(f"seed {seed} {cell.key} stage {k} ({phase}) target {target:.2f}: Winograd sparsity "
+                f"{sp:.4f}, top-1 {top1:.2f}% (dense {top1_dense:.2f}%), CPU {cpu:.0f} s")
+
+    left: list[str] = []  # cells another process was running
     for seed in seeds:
         spatial_state, top1_dense = dense(seed, False)
         wrelu_state = dense(seed, True, top1_dense) if need_wrelu else None
         for cell in grid:
-            stages = cell.stages(args)
-            if all((cell.method, cell.recipe, cell.granularity, seed, k) in done for k in range(len(stages))):
+            if finished(seed, cell, rows):
                 continue
-            wrelu = cell.method == "wrelu"
-            start_state, top1_start = wrelu_state if wrelu else (spatial_state, top1_dense)
-            model = new_model(seed, wrelu)
-            model.load_state_dict(start_state)
-            first = _first_conv(model)
-            arm = _Arm(cell, model, args.m, first)
-            batches = Batches(tr, bs, seed=seed + 10_000, augment=augment)  # one stream per seed, every cell
-            loss_fn = None
-            if cell.distill:
-                teacher = new_model(seed, wrelu)
-                teacher.load_state_dict(start_state)
-                loss_fn = distillation_loss(teacher, args.distill_temperature, args.distill_weight)
-            ck_path = paths["state"] / f"seed{seed}" / f"{cell.key}.pt"
-            begin = 0
-            if ck_path.exists():
-                ck = torch.load(ck_path, weights_only=False)
-                begin = ck["stage"] + 1
-                arm.enter(stages[ck["stage"]][0])
-                model.load_state_dict(ck["model"])
-                batches.set_state(ck["batches"])
-                log(f"seed {seed} {cell.key}: resuming after stage {ck['stage']}")
-            for k in range(begin, len(stages)):
-                phase, target, lr = stages[k]
-                c0 = time.process_time()
-                arm.enter(phase)
-                steps = stage_steps if phase == "spatial" else winograd_stage_steps
-                # reparam: the stage prunes and retrains W behind Q; the checkpoint holds a plain Q again
-                with (spatial_kernels(model, _pruned_layers(model, first)) if cell.reparam and phase == "winograd"
-                      else contextlib.nullcontext()):
-                    arm.pruner.prune(target)
-                    train(model, batches, steps, lr, step=arm.pruner.step, cosine=True, loss_fn=loss_fn,
-                          desc=f"seed {seed} {cell.key} {target}", progress=args.progress)
-                sp = model_winograd_sparsity(model, m=args.m, layers=_pruned_layers(model, first))["overall"]
-                top1 = 100.0 * accuracy(model, te)
-                cpu = time.process_time() - c0
-                # the row first, then the checkpoint: a stop in between redoes (and replaces) the stage
-                key = (cell.method, cell.recipe, cell.granularity, seed, k)
-                _update_csv(paths["csv"], paths["lock"], lambda r, key=key: (r["method"], r["recipe"], r["granularity"],
-                                                              int(r["seed"]), int(r["stage"])) == key,
-                            [_row(cell.method, cell.recipe, cell.granularity, seed, k, phase, target, sp, top1,
-                                  top1_dense, top1_start, cpu, steps, common)])
-                _save({"stage": k, "model": model.state_dict(), "batches": batches.state()}, ck_path)
-                bar.update(1)
-                log(f"seed {seed} {cell.key} stage {k} ({phase}) target {target:.2f}: Winograd sparsity "
-                    f"{sp:.4f}, top-1 {top1:.2f}% (dense {top1_dense:.2f}%), CPU {cpu:.0f} s")
+            lock, owner = _try_lock(paths["state"] / f"seed{seed}" / f"{cell.key}.lock")
+            if lock is None:
+                left.append(f"seed {seed} {cell.key} ({owner})")
+                log(f"seed {seed} {cell.key}: being run by {owner}; left to it")
+                continue
+            with lock:
+                # another process may have finished it since this run read the rows
+                if not finished(seed, cell, _read_csv(paths["csv"])):
+                    prune_cell(seed, cell, wrelu_state, spatial_state, top1_dense)
     bar.close()
     rows = _update_csv(paths["csv"], paths["lock"], lambda r: False, [])  # every seed's rows, any process's
     write_table(rows, paths["md"])
@@ -659,6 +682,9 @@ def _run(args: argparse.Namespace, log: Callable[[str], None], locks: contextlib
     written = ", ".join(str(paths[k]) for k in ("csv", "curve", "md", "png") if paths[k].exists())
     log(f"wrote {written}; CPU time of the grid "
         f"{total / 3600:.2f} h (this invocation {(time.process_time() - t_run) / 3600:.2f} h)")
+    if left:
+        log(f"{len(left)} cell(s) left to the processes running them: {'; '.join(left)}; their rows land when "
+            "they finish (the last process to finish rewrites OUT.md / OUT.png; --plot-only does it any time)")
     return 0
 
 
