@@ -397,6 +397,8 @@ def test_grid_waits_for_a_dense_model_another_process_is_training(tmp_path, monk
     assert f"seed 0 dense is being trained by pid {holder.pid}: waiting for it" in said
     # the holder left no model behind, so this run trained it once the lock was free
     assert [c[0] for c in calls] == ["seed 0 dense", "seed 0 yu-plain-1x1 0.5", "seed 0 yu-plain-1x1 0.7"]
+    # regression: the waiter took the lock without writing its pid, so a third process named the dead holder
+    assert (tmp_path / "grid.state" / "seed0" / "dense.lock").read_text() == f"pid {os.getpid()}\n"
 
 
 def test_grid_two_processes_on_one_seed_share_its_cells(tmp_path):

@@ -441,13 +441,19 @@ def _carry_dense(src: Path, paths: dict[str, Path], seeds: list[int], networks: 
             log(f"seed {seed} {name}: carried over from {src}")
 
 
-def _try_lock(path: Path) -> tuple[IO[str] | None, str]:
+def _stage_key(row: dict) -> tuple[str, str, str, int, int]:
+    """What identifies a row: one stage of one cell of one seed (dense models: stage -1)."""
+    return row["method"], row["recipe"], row["granularity"], int(row["seed"]), int(row["stage"])
+
+
+def _try_lock(path: Path, wait: bool = False) -> tuple[IO[str] | None, str]:
     """An exclusive lock on ``path`` for this process (the open file; closing it lets the lock go),
-    or ``None`` and who holds it (``pid N``): every cell and every dense model of a seed is trained
-    by one process at a time, so two processes never overwrite each other's checkpoints."""
+    or ``None`` and who holds it (``pid N``; ``wait``: block until it is free instead): every cell
+    and every dense model of a seed is trained by one process at a time, so two processes never
+    overwrite each other's checkpoints."""
     f = open(path, "a+")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         f.seek(0)
         owner = f.read().strip() or "another process"
@@ -467,8 +473,8 @@ def _lock_waiting(path: Path, log: Callable[[str], None], what: str) -> Iterator
     f, owner = _try_lock(path)
     if f is None:
         log(f"{what} is being trained by {owner}: waiting for it")
-        f = open(path, "a+")
-        fcntl.flock(f, fcntl.LOCK_EX)
+        f, _ = _try_lock(path, wait=True)
+    assert f is not None
     with f:
         yield
 
@@ -519,7 +525,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
         "triton": env["triton"], "tritonwino": env["tritonwino"],
     }
     rows = _read_csv(paths["csv"])
-    done = {(r["method"], r["recipe"], r["granularity"], int(r["seed"]), int(r["stage"])) for r in rows}
+    done = {_stage_key(r) for r in rows}
     need_wrelu = any(c.method == "wrelu" for c in grid)
     if args.dense_from:
         _carry_dense(Path(args.dense_from), paths, seeds, ("dense", "dense-wrelu")[:1 + need_wrelu], log)
@@ -603,8 +609,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
         log(f"seed {seed} {name}: top-1 {last['top1']:.2f}% after {dense_steps} steps, CPU {last['cpu']:.0f} s")
         return model.state_dict(), last["top1"]
 
-    def finished(seed: int, cell: Cell, rows: list[dict]) -> bool:
-        have = {(r["method"], r["recipe"], r["granularity"], int(r["seed"]), int(r["stage"])) for r in rows}
+    def finished(seed: int, cell: Cell, have: set[tuple]) -> bool:
         return all((cell.method, cell.recipe, cell.granularity, seed, k) in have
                    for k in range(len(cell.stages(args))))
 
@@ -648,8 +653,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
             cpu = time.process_time() - c0
             # the row first, then the checkpoint: a stop in between redoes (and replaces) the stage
             key = (cell.method, cell.recipe, cell.granularity, seed, k)
-            _update_csv(paths["csv"], paths["lock"], lambda r, key=key: (r["method"], r["recipe"], r["granularity"],
-                                                          int(r["seed"]), int(r["stage"])) == key,
+            _update_csv(paths["csv"], paths["lock"], lambda r, key=key: _stage_key(r) == key,
                         [_row(cell.method, cell.recipe, cell.granularity, seed, k, phase, target, sp, top1,
                               top1_dense, top1_start, cpu, steps, common)])
             _save({"stage": k, "model": model.state_dict(), "batches": batches.state()}, ck_path)
@@ -662,7 +666,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
         spatial_state, top1_dense = dense(seed, False)
         wrelu_state = dense(seed, True, top1_dense) if need_wrelu else None
         for cell in grid:
-            if finished(seed, cell, rows):
+            if finished(seed, cell, done):
                 continue
             lock, owner = _try_lock(paths["state"] / f"seed{seed}" / f"{cell.key}.lock")
             if lock is None:
@@ -671,7 +675,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = tqdm.write) -> in
                 continue
             with lock:
                 # another process may have finished it since this run read the rows
-                if not finished(seed, cell, _read_csv(paths["csv"])):
+                if not finished(seed, cell, {_stage_key(r) for r in _read_csv(paths["csv"])}):
                     prune_cell(seed, cell, wrelu_state, spatial_state, top1_dense)
     bar.close()
     rows = _update_csv(paths["csv"], paths["lock"], lambda r: False, [])  # every seed's rows, any process's
